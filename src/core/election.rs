@@ -1,0 +1,273 @@
+//! Leader election (§5.2, §5.4.1), pre-vote (dissertation §9.6), check-quorum and the
+//! leader lease that keeps disruptive servers out (dissertation §4.2.3, §6.2).
+
+use super::message::{Message, MessageKind, RequestVote};
+use super::progress::Progress;
+use super::types::{NodeId, Payload, Role, Term};
+use super::{ProposeError, Raft};
+
+impl Raft {
+    /// Applies the term rules every message obeys (Figure 2, "All Servers"); returns
+    /// whether the message should be handled further.
+    pub(super) fn on_term(&mut self, from: NodeId, msg: &Message) -> bool {
+        let term = msg.term;
+        let ours = self.hard.current_term;
+        if term > ours {
+            match &msg.kind {
+                MessageKind::RequestVote(rv) if !rv.force && self.in_lease() => {
+                    log::debug!("node {}: ignoring vote request from {from} in lease", self.cfg.id);
+                    return false;
+                }
+                // A pre-vote asks about a *future* term: nobody adopts it (§9.6).
+                MessageKind::RequestVote(rv) if rv.pre_vote => {}
+                MessageKind::RequestVoteResponse { pre_vote: true, granted: true } => {}
+                MessageKind::AppendEntries(_) | MessageKind::Heartbeat { .. } | MessageKind::TimeoutNow => {
+                    self.become_follower(term, Some(from));
+                }
+                _ => self.become_follower(term, None),
+            }
+            return true;
+        }
+        if term < ours {
+            match &msg.kind {
+                // Tell a stale leader or pre-candidate about the newer term so it steps down.
+                MessageKind::AppendEntries(_) | MessageKind::Heartbeat { .. } => {
+                    self.send(from, MessageKind::HeartbeatResponse { read_seq: 0 });
+                }
+                MessageKind::RequestVote(rv) if rv.pre_vote => {
+                    self.send(from, MessageKind::RequestVoteResponse { granted: false, pre_vote: true });
+                }
+                _ => {}
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Starts an election: a pre-vote round first unless `force`d (§9.6), then a real one.
+    pub(super) fn campaign(&mut self, pre_vote: bool, force: bool) {
+        debug_assert!(self.is_promotable());
+        self.votes.clear();
+        let term = if pre_vote {
+            self.become_pre_candidate();
+            self.hard.current_term.next()
+        } else {
+            self.become_candidate();
+            self.hard.current_term
+        };
+        self.votes.insert(self.cfg.id, true);
+        if self.poll_votes(pre_vote) {
+            return;
+        }
+        let rv = RequestVote {
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            pre_vote,
+            force,
+        };
+        let voters: Vec<NodeId> = self.membership.voters.keys().copied().filter(|&id| id != self.cfg.id).collect();
+        for id in voters {
+            self.send_with_term(id, term, MessageKind::RequestVote(rv.clone()));
+        }
+    }
+
+    /// Answers RequestVote (§5.2, §5.4.1) or a pre-vote (§9.6).
+    pub(super) fn on_request_vote(&mut self, from: NodeId, term: Term, rv: RequestVote) {
+        let up_to_date = self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
+        if rv.pre_vote {
+            // Would we vote in `term`? Only if it is newer than ours, or it is ours and we
+            // could still vote in it, and only for an up-to-date log.
+            let can_vote = term > self.hard.current_term
+                || (self.hard.voted_for.is_none_or(|v| v == from) && self.leader_id.is_none());
+            let granted = can_vote && up_to_date;
+            let reply_term = if granted { term } else { self.hard.current_term };
+            self.send_with_term(from, reply_term, MessageKind::RequestVoteResponse { granted, pre_vote: true });
+            return;
+        }
+        debug_assert_eq!(term, self.hard.current_term);
+        // One vote per term (§5.2), and only for a log at least as up-to-date (§5.4.1).
+        let can_vote = self.hard.voted_for == Some(from) || (self.hard.voted_for.is_none() && self.leader_id.is_none());
+        let granted = can_vote && up_to_date;
+        if granted {
+            self.set_hard_state(term, Some(from));
+            self.reset_election_timer();
+        }
+        self.send(from, MessageKind::RequestVoteResponse { granted, pre_vote: false });
+    }
+
+    /// Counts a vote; wins or loses the (pre-)election when a majority has spoken.
+    pub(super) fn on_request_vote_response(&mut self, from: NodeId, term: Term, granted: bool, pre_vote: bool) {
+        let expected = match (self.role, pre_vote) {
+            (Role::PreCandidate, true) => self.hard.current_term.next(),
+            (Role::Candidate, false) => self.hard.current_term,
+            _ => return,
+        };
+        if term != expected && granted {
+            return;
+        }
+        if self.membership.is_voter(from) {
+            self.votes.insert(from, granted);
+            self.poll_votes(pre_vote);
+        }
+    }
+
+    /// Acts on the votes so far; returns whether the round is decided.
+    fn poll_votes(&mut self, pre_vote: bool) -> bool {
+        let quorum = self.membership.quorum();
+        let voters = &self.membership.voters;
+        let granted = self.votes.iter().filter(|&(id, &g)| g && voters.contains_key(id)).count();
+        let rejected = self.votes.iter().filter(|&(id, &g)| !g && voters.contains_key(id)).count();
+        if granted >= quorum {
+            if pre_vote {
+                self.campaign(false, false);
+            } else {
+                self.become_leader();
+            }
+            true
+        } else if rejected >= quorum {
+            let term = self.hard.current_term;
+            self.become_follower(term, None);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Leadership transfer's last step (§3.10): campaign at once, past leases.
+    pub(super) fn on_timeout_now(&mut self, from: NodeId) {
+        if self.is_promotable() && self.role != Role::Leader {
+            log::info!("node {}: TimeoutNow from {from}, campaigning", self.cfg.id);
+            self.campaign(false, true);
+        }
+    }
+
+    /// Campaigns now, skipping pre-vote and leases (ExRaft's `trigger_election`).
+    /// A no-op on a leader; an error on a server that has no vote.
+    pub fn trigger_election(&mut self) -> Result<(), ProposeError> {
+        if self.role == Role::Leader {
+            return Ok(());
+        }
+        if !self.is_promotable() {
+            return Err(ProposeError::NotAVoter);
+        }
+        self.campaign(false, true);
+        Ok(())
+    }
+
+    pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        let voted_for = if term > self.hard.current_term { None } else { self.hard.voted_for };
+        self.set_hard_state(term, voted_for);
+        if self.role == Role::Leader {
+            self.step_down_leader();
+        }
+        if self.role != Role::Follower || self.leader_id != leader {
+            self.ready.soft_state_changed = true;
+        }
+        self.role = Role::Follower;
+        self.leader_id = leader;
+        self.votes.clear();
+        self.reset_election_timer();
+    }
+
+    fn become_pre_candidate(&mut self) {
+        // Neither the term nor the vote changes (§9.6); only the role.
+        if self.role == Role::Leader {
+            self.step_down_leader();
+        }
+        self.role = Role::PreCandidate;
+        self.leader_id = None;
+        self.ready.soft_state_changed = true;
+        self.reset_election_timer();
+    }
+
+    fn become_candidate(&mut self) {
+        debug_assert_ne!(self.role, Role::Leader);
+        let term = self.hard.current_term.next();
+        self.set_hard_state(term, Some(self.cfg.id));
+        self.role = Role::Candidate;
+        self.leader_id = None;
+        self.ready.soft_state_changed = true;
+        self.reset_election_timer();
+        log::debug!("node {}: campaigning in {term}", self.cfg.id);
+    }
+
+    fn become_leader(&mut self) {
+        debug_assert_eq!(self.role, Role::Candidate);
+        log::info!("node {}: leader in {}", self.cfg.id, self.hard.current_term);
+        self.role = Role::Leader;
+        self.leader_id = Some(self.cfg.id);
+        self.ready.soft_state_changed = true;
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.progress.clear();
+        self.sync_progress_with_membership();
+        // A no-op of the new term lets the leader commit, and so learn the commit index
+        // and serve reads (§5.4.2, §8).
+        self.term_start_index = self.append_entry(Payload::Noop);
+    }
+
+    /// Leader-only state goes away with leadership.
+    fn step_down_leader(&mut self) {
+        self.progress.clear();
+        self.transfer = None;
+        self.pending_promotion = None;
+        self.read_round_wanted = false;
+        for read in self.pending_reads.drain(..) {
+            self.ready.dropped_reads.push(read.ctx);
+        }
+    }
+
+    /// Gives every member but this one a progress entry, and drops those of non-members.
+    pub(super) fn sync_progress_with_membership(&mut self) {
+        let next = self.log.last_index().next();
+        let members: Vec<NodeId> = self.membership.members().filter(|&id| id != self.cfg.id).collect();
+        self.progress.retain(|id, _| members.contains(id));
+        for id in members {
+            self.progress.entry(id).or_insert_with(|| Progress::new(next));
+        }
+    }
+
+    /// Leader's tick: check-quorum every election timeout, heartbeats, transfer timeout.
+    pub(super) fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        if let Some(t) = &mut self.transfer {
+            t.elapsed_ticks += 1;
+            if t.elapsed_ticks >= self.cfg.election_ticks {
+                log::info!("node {}: transfer to {} timed out", self.cfg.id, t.to);
+                self.transfer = None;
+            }
+        }
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.election_elapsed = 0;
+            if !self.check_quorum() {
+                return;
+            }
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// A leader that has not heard from a majority in an election timeout steps down
+    /// (dissertation §6.2), so a partitioned leader stops believing it leads.
+    fn check_quorum(&mut self) -> bool {
+        let me = self.cfg.id;
+        let active = self
+            .membership
+            .voters
+            .keys()
+            .filter(|&&id| id == me || self.progress.get(&id).is_some_and(|p| p.recent_active))
+            .count();
+        for p in self.progress.values_mut() {
+            p.recent_active = false;
+        }
+        if active < self.membership.quorum() {
+            log::info!("node {me}: lost contact with a majority, stepping down");
+            let term = self.hard.current_term;
+            self.become_follower(term, None);
+            return false;
+        }
+        true
+    }
+}

@@ -1,0 +1,101 @@
+//! The messages Raft servers exchange (Figure 2, §5; pre-vote from dissertation §9.6;
+//! TimeoutNow from §3.10). They are plain serde types: the transport frames them.
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{Entry, LogIndex, NodeId, Term};
+
+/// One message between two servers. Every message carries the sender's term (§5.1):
+/// a receiver that sees a higher term adopts it, a lower one marks the message stale.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The sender's term; for a pre-vote request, the term it *would* campaign in.
+    pub term: Term,
+    /// What the message says.
+    pub kind: MessageKind,
+}
+
+/// The kinds of message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageKind {
+    /// RequestVote (§5.2), or its pre-vote probe when `pre_vote` is set.
+    RequestVote(RequestVote),
+    /// The answer to a RequestVote.
+    RequestVoteResponse {
+        /// Whether the vote (or pre-vote) was granted.
+        granted: bool,
+        /// Whether this answers a pre-vote.
+        pre_vote: bool,
+    },
+    /// AppendEntries (§5.3): replicates entries after `prev_log_index`.
+    AppendEntries(AppendEntries),
+    /// The answer to an AppendEntries.
+    AppendEntriesResponse(AppendEntriesResponse),
+    /// A leader's periodic "I am alive" (§5.2), which also carries the commit index and
+    /// a read-confirmation round (dissertation §6.4).
+    Heartbeat {
+        /// `min(leader commit, follower match)`: the follower may commit up to here.
+        commit: LogIndex,
+        /// The ReadIndex round this heartbeat confirms.
+        read_seq: u64,
+    },
+    /// The answer to a Heartbeat.
+    HeartbeatResponse {
+        /// The round being acknowledged.
+        read_seq: u64,
+    },
+    /// Leadership transfer (§3.10): "start an election now".
+    TimeoutNow,
+}
+
+/// Arguments of RequestVote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestVote {
+    /// Index of the candidate's last log entry (§5.4.1).
+    pub last_log_index: LogIndex,
+    /// Term of the candidate's last log entry (§5.4.1).
+    pub last_log_term: Term,
+    /// A pre-vote probe (dissertation §9.6): nobody changes term or vote for it.
+    pub pre_vote: bool,
+    /// Sent because of a leadership transfer or a forced election: voters ignore their
+    /// leader lease (dissertation §4.2.3) for it.
+    pub force: bool,
+}
+
+/// Arguments of AppendEntries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendEntries {
+    /// Index of the entry immediately preceding `entries`.
+    pub prev_log_index: LogIndex,
+    /// Term of that entry.
+    pub prev_log_term: Term,
+    /// Entries to store, in order (empty for a probe).
+    pub entries: Vec<Entry>,
+    /// The leader's commit index.
+    pub leader_commit: LogIndex,
+}
+
+/// The answer to AppendEntries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendEntriesResponse {
+    /// Whether the follower's log matched at `prev_log_index`.
+    pub success: bool,
+    /// On success, the index of the last entry now known to match the leader's log.
+    /// On rejection, the `prev_log_index` that was rejected.
+    pub index: LogIndex,
+    /// On rejection, the hint for fast backtracking: the term of the follower's entry at
+    /// the rejected index, if it has one.
+    pub conflict_term: Option<Term>,
+    /// On rejection, the first index of `conflict_term` in the follower's log, or the
+    /// follower's last index + 1 if its log is too short.
+    pub conflict_index: LogIndex,
+}
+
+/// A message with its addressee, as the core hands it to the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The server to deliver it to.
+    pub to: NodeId,
+    /// The message.
+    pub message: Message,
+}

@@ -1,0 +1,442 @@
+//! The Raft protocol as a sans-IO state machine.
+//!
+//! [`Raft`] owns one server's protocol state and nothing else: no threads, sockets,
+//! clocks or files. The driver feeds it inputs — [`Raft::tick`], [`Raft::step`],
+//! [`Raft::propose`], [`Raft::read_index`], membership and transfer requests — and after
+//! any batch of inputs calls [`Raft::take_ready`] to collect the work to do, in the order
+//! documented on [`Ready`]. The mio runtime and the deterministic simulator are two such
+//! drivers.
+
+mod config;
+mod election;
+mod log;
+mod membership;
+mod message;
+mod progress;
+mod reads;
+mod reconfig;
+mod replication;
+mod types;
+
+#[cfg(test)]
+mod paper_tests;
+
+pub use config::CoreConfig;
+pub use log::Log;
+pub use membership::{Membership, MembershipChange};
+pub use message::{AppendEntries, AppendEntriesResponse, Envelope, Message, MessageKind, RequestVote};
+pub use progress::{Progress, ReplicationState};
+pub use types::{Entry, HardState, LogIndex, NodeId, Payload, Role, Term};
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+use config::Rng;
+
+/// Why the core refused a request; nothing was appended to the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This server is not the leader; the leader it knows of, if any.
+    NotLeader(Option<NodeId>),
+    /// A leadership transfer is under way: the leader accepts no new entries (§3.10).
+    TransferInProgress,
+    /// A membership change is not yet committed; only one may be in flight (§4.1).
+    ChangeInProgress,
+    /// The leader has not yet committed an entry of its own term, so it may not change
+    /// membership (the single-server-change bug, raft-dev 2015) .
+    NotCommittedInTerm,
+    /// The change is not valid against the current configuration.
+    InvalidChange(&'static str),
+    /// The target (or this server) is not a voter.
+    NotAVoter,
+}
+
+impl fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProposeError::NotLeader(l) => write!(f, "not the leader (leader: {l:?})"),
+            ProposeError::TransferInProgress => write!(f, "leadership transfer in progress"),
+            ProposeError::ChangeInProgress => write!(f, "another membership change is in progress"),
+            ProposeError::NotCommittedInTerm => write!(f, "leader has not committed an entry in its term yet"),
+            ProposeError::InvalidChange(why) => write!(f, "invalid membership change: {why}"),
+            ProposeError::NotAVoter => write!(f, "not a voter"),
+        }
+    }
+}
+
+/// A linearizable read that may now be served once `index` is applied (dissertation §6.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The caller's tag for this read.
+    pub ctx: u64,
+    /// Serve the read once the state machine has applied at least this index.
+    pub index: LogIndex,
+}
+
+/// The work the core hands back after a batch of inputs.
+///
+/// **Ordering rule** (as in etcd's `Ready`): the driver must first make `hard_state` and
+/// the log changes from `log_changed_from` durable, and only then send `messages`. A vote
+/// or an acknowledgement sent before it is on disk could be forgotten in a crash, breaking
+/// election safety or losing committed entries. Committed entries (up to
+/// [`Raft::commit_index`]) may be applied at any time after that.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Messages to send, after persisting.
+    pub messages: Vec<Envelope>,
+    /// The term/vote to persist, if they changed.
+    pub hard_state: Option<HardState>,
+    /// The log changed at and after this index: storage drops its entries from here on and
+    /// writes [`Raft::log`]'s entries from here to the end.
+    pub log_changed_from: Option<LogIndex>,
+    /// Reads confirmed by a majority.
+    pub reads: Vec<ReadState>,
+    /// Reads that can no longer be confirmed because leadership was lost.
+    pub dropped_reads: Vec<u64>,
+    /// Role, leader or membership changed since the last `Ready`.
+    pub soft_state_changed: bool,
+}
+
+impl Ready {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.hard_state.is_none()
+            && self.log_changed_from.is_none()
+            && self.reads.is_empty()
+            && self.dropped_reads.is_empty()
+            && !self.soft_state_changed
+    }
+}
+
+/// A read waiting for its confirmation round.
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    ctx: u64,
+    index: LogIndex,
+    /// The heartbeat round whose majority acknowledgement confirms it.
+    seq: u64,
+}
+
+/// A leadership transfer under way (§3.10).
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    to: NodeId,
+    elapsed_ticks: u32,
+}
+
+/// One server's Raft state machine (Figure 2).
+pub struct Raft {
+    cfg: CoreConfig,
+    rng: Rng,
+
+    // Persistent state (Figure 2), plus the configuration as of the snapshot point.
+    hard: HardState,
+    log: Log,
+    base_membership: Membership,
+
+    // Volatile state.
+    role: Role,
+    leader_id: Option<NodeId>,
+    /// Invariant: never decreases, and never exceeds `log.last_index()`.
+    commit_index: LogIndex,
+    /// The latest configuration in the log (dissertation §4.1: used as soon as appended).
+    membership: Membership,
+    /// Index of the entry that holds `membership` (the snapshot point for the base one).
+    membership_index: LogIndex,
+    election_elapsed: u32,
+    heartbeat_elapsed: u32,
+    randomized_election_ticks: u32,
+    /// Votes received while (pre-)campaigning: voter -> granted.
+    votes: BTreeMap<NodeId, bool>,
+
+    // Leader state.
+    progress: BTreeMap<NodeId, Progress>,
+    /// Index of this leader's no-op; committing it commits everything before (§5.4.2).
+    term_start_index: LogIndex,
+    transfer: Option<Transfer>,
+    /// A learner to promote to voter once it has caught up (dissertation §4.2.1).
+    pending_promotion: Option<NodeId>,
+    read_seq: u64,
+    read_round_wanted: bool,
+    pending_reads: VecDeque<PendingRead>,
+
+    ready: Ready,
+    hard_dirty: bool,
+}
+
+impl Raft {
+    /// A new server that has never run, starting with configuration `initial`
+    /// (empty for a server that waits to be added).
+    pub fn new(cfg: CoreConfig, initial: Membership) -> Raft {
+        Raft::recover(cfg, HardState::default(), Log::default(), initial)
+    }
+
+    /// A server restarting from its persistent state: `hard`, `log`, and the configuration
+    /// as of the log's snapshot point. Volatile state starts afresh (Figure 2).
+    pub fn recover(cfg: CoreConfig, hard: HardState, log: Log, base_membership: Membership) -> Raft {
+        cfg.validate().expect("core config was validated by the caller");
+        let mut raft = Raft {
+            rng: Rng::new(cfg.seed),
+            cfg,
+            hard,
+            commit_index: log.snapshot_index(),
+            log,
+            membership: base_membership.clone(),
+            membership_index: LogIndex(0),
+            base_membership,
+            role: Role::Follower,
+            leader_id: None,
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_ticks: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            term_start_index: LogIndex(0),
+            transfer: None,
+            pending_promotion: None,
+            read_seq: 0,
+            read_round_wanted: false,
+            pending_reads: VecDeque::new(),
+            ready: Ready::default(),
+            hard_dirty: false,
+        };
+        raft.membership_index = raft.log.snapshot_index();
+        raft.reload_membership();
+        raft.reset_election_timer();
+        raft
+    }
+
+    // ----- accessors -----
+
+    /// This server's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// The leader this server knows of in its current term.
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.leader_id
+    }
+    /// The latest term this server has seen.
+    pub fn current_term(&self) -> Term {
+        self.hard.current_term
+    }
+    /// Term and vote, as last persisted or about to be.
+    pub fn hard_state(&self) -> HardState {
+        self.hard
+    }
+    /// Highest index known to be committed (Figure 2).
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit_index
+    }
+    /// The log.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+    /// The latest configuration in the log (it may not be committed yet).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+    /// Index of the entry holding [`Raft::membership`]; committed once
+    /// `membership_index <= commit_index`.
+    pub fn membership_index(&self) -> LogIndex {
+        self.membership_index
+    }
+    /// The configuration as of the log's snapshot point.
+    pub fn base_membership(&self) -> &Membership {
+        &self.base_membership
+    }
+    /// The leader's view of `peer`'s log, if this server leads and `peer` is a member.
+    pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
+        self.progress.get(&peer)
+    }
+    /// The leadership transfer under way, if any.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.transfer.map(|t| t.to)
+    }
+    /// Whether the leader has committed an entry of its own term (so the commit index is
+    /// current and membership may change).
+    pub fn committed_in_term(&self) -> bool {
+        self.role == Role::Leader && self.commit_index >= self.term_start_index
+    }
+    /// Whether this server may campaign: it is a voter of its latest configuration.
+    pub fn is_promotable(&self) -> bool {
+        self.membership.is_voter(self.cfg.id)
+    }
+
+    // ----- inputs -----
+
+    /// Advances logical time by one tick: election timeouts, heartbeats, check-quorum.
+    pub fn tick(&mut self) {
+        self.election_elapsed += 1;
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else if self.election_elapsed >= self.randomized_election_ticks {
+            self.election_elapsed = 0;
+            if self.is_promotable() {
+                self.campaign(true, false);
+            }
+        }
+    }
+
+    /// Handles one message from server `from`.
+    pub fn step(&mut self, from: NodeId, msg: Message) {
+        if from == self.cfg.id || from == 0 {
+            ::log::warn!("node {}: dropping message claiming to come from {from}", self.cfg.id);
+            return;
+        }
+        if !self.on_term(from, &msg) {
+            return;
+        }
+        match msg.kind {
+            MessageKind::RequestVote(rv) => self.on_request_vote(from, msg.term, rv),
+            MessageKind::RequestVoteResponse { granted, pre_vote } => {
+                self.on_request_vote_response(from, msg.term, granted, pre_vote)
+            }
+            MessageKind::AppendEntries(ae) => self.on_append_entries(from, ae),
+            MessageKind::AppendEntriesResponse(r) => self.on_append_entries_response(from, r),
+            MessageKind::Heartbeat { commit, read_seq } => self.on_heartbeat(from, commit, read_seq),
+            MessageKind::HeartbeatResponse { read_seq } => self.on_heartbeat_response(from, read_seq),
+            MessageKind::TimeoutNow => self.on_timeout_now(from),
+        }
+    }
+
+    /// Appends `command` to the leader's log; it is sent at the next [`Raft::take_ready`].
+    /// Returns the entry's index: the command is applied when that index commits with this
+    /// term still at it (the driver checks the entry's term before answering).
+    pub fn propose(&mut self, command: Vec<u8>) -> Result<LogIndex, ProposeError> {
+        self.check_can_propose()?;
+        Ok(self.append_entry(Payload::Command(command)))
+    }
+
+    /// Collects the work accumulated since the last call, after sending the batched
+    /// AppendEntries and read-confirmation heartbeats this batch of inputs called for.
+    pub fn take_ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            self.flush_leader();
+        }
+        if self.hard_dirty {
+            self.hard_dirty = false;
+            self.ready.hard_state = Some(self.hard);
+        }
+        std::mem::take(&mut self.ready)
+    }
+
+    // ----- shared helpers -----
+
+    fn check_can_propose(&self) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader(self.leader_id));
+        }
+        if self.transfer.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        Ok(())
+    }
+
+    /// Appends an entry of the current term to the leader's own log.
+    fn append_entry(&mut self, payload: Payload) -> LogIndex {
+        debug_assert_eq!(self.role, Role::Leader);
+        let index = self.log.last_index().next();
+        let is_config = matches!(payload, Payload::Config(_));
+        self.log.push(Entry { term: self.hard.current_term, index, payload });
+        self.mark_log_changed(index);
+        if is_config {
+            self.reload_membership();
+        }
+        // A one-voter cluster commits as soon as its own log holds the entry.
+        self.maybe_commit();
+        index
+    }
+
+    fn mark_log_changed(&mut self, from: LogIndex) {
+        let changed = self.ready.log_changed_from.get_or_insert(from);
+        *changed = (*changed).min(from);
+    }
+
+    fn send(&mut self, to: NodeId, kind: MessageKind) {
+        self.send_with_term(to, self.hard.current_term, kind);
+    }
+
+    fn send_with_term(&mut self, to: NodeId, term: Term, kind: MessageKind) {
+        debug_assert_ne!(to, self.cfg.id);
+        self.ready.messages.push(Envelope { to, message: Message { term, kind } });
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let min = self.cfg.election_ticks;
+        self.randomized_election_ticks = self.rng.range(min, 2 * min);
+    }
+
+    /// Whether a leader was heard from within the minimum election timeout: if so, this
+    /// server ignores vote requests (dissertation §4.2.3), so a removed or partitioned
+    /// server cannot depose a healthy leader.
+    fn in_lease(&self) -> bool {
+        self.leader_id.is_some() && self.election_elapsed < self.cfg.election_ticks
+    }
+
+    /// Makes `membership` the latest configuration in the log, or the base one (§4.1:
+    /// a server uses the latest configuration in its log, committed or not).
+    fn reload_membership(&mut self) {
+        let latest = self.log.entries().iter().rev().find_map(|e| match &e.payload {
+            Payload::Config(m) => Some((e.index, m.clone())),
+            _ => None,
+        });
+        let (index, membership) = latest.unwrap_or((self.log.snapshot_index(), self.base_membership.clone()));
+        if (index, &membership) != (self.membership_index, &self.membership) {
+            self.ready.soft_state_changed = true;
+        }
+        self.membership_index = index;
+        self.membership = membership;
+        if self.role == Role::Leader {
+            self.sync_progress_with_membership();
+        }
+    }
+
+    fn set_hard_state(&mut self, term: Term, voted_for: Option<NodeId>) {
+        debug_assert!(term >= self.hard.current_term, "terms never go back");
+        if self.hard.current_term != term || self.hard.voted_for != voted_for {
+            self.hard = HardState { current_term: term, voted_for };
+            self.hard_dirty = true;
+        }
+    }
+
+    /// Checks this server's invariants (the simulator calls it after every step).
+    pub fn check_invariants(&self) {
+        assert!(self.commit_index <= self.log.last_index(), "commit beyond the log");
+        assert!(self.membership_index <= self.log.last_index(), "config beyond the log");
+        if self.role == Role::Leader {
+            assert_eq!(self.leader_id, Some(self.cfg.id), "leader must know itself");
+            assert_eq!(self.hard.voted_for, Some(self.cfg.id), "leader voted for itself");
+            for (id, p) in &self.progress {
+                p.check_invariants();
+                assert!(p.match_index <= self.log.last_index(), "peer {id} matched past our log");
+                assert!(self.membership.contains(*id), "progress for non-member {id}");
+            }
+        } else {
+            assert!(self.progress.is_empty(), "only leaders track progress");
+            assert!(self.pending_reads.is_empty(), "only leaders hold reads");
+        }
+        if cfg!(debug_assertions) {
+            self.log.check_invariants();
+        }
+    }
+}
+
+impl fmt::Debug for Raft {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Raft")
+            .field("id", &self.cfg.id)
+            .field("role", &self.role)
+            .field("term", &self.hard.current_term)
+            .field("leader", &self.leader_id)
+            .field("commit", &self.commit_index)
+            .field("last", &self.log.last_index())
+            .finish()
+    }
+}

@@ -1,0 +1,217 @@
+//! Log replication (§5.3), the commit rule (§5.4.2) and heartbeats (§5.2), with batching,
+//! pipelining and fast backtracking.
+
+use super::message::{AppendEntries, AppendEntriesResponse, MessageKind};
+use super::progress::ReplicationState;
+use super::types::{LogIndex, NodeId, Payload, Role};
+use super::Raft;
+
+impl Raft {
+    /// Answers an AppendEntries from the leader of the current term (§5.3).
+    ///
+    /// Rejects if our log holds no entry at `prev_log_index` with `prev_log_term`, with a
+    /// hint so the leader can skip a whole term; otherwise truncates the first conflicting
+    /// suffix and appends the rest.
+    ///
+    /// # Panics
+    /// If a conflict lies at or below `commit_index`: committed entries never change (§5.4).
+    pub(super) fn on_append_entries(&mut self, from: NodeId, ae: AppendEntries) {
+        self.accept_leader(from);
+        let prev = ae.prev_log_index;
+        match self.log.term_at(prev) {
+            Some(term) if term == ae.prev_log_term => {}
+            found => {
+                let conflict_index = match found {
+                    Some(_) => self.log.first_index_of_term_at(prev),
+                    None => self.log.last_index().next().min(prev),
+                };
+                let r = AppendEntriesResponse { success: false, index: prev, conflict_term: found, conflict_index };
+                self.send(from, MessageKind::AppendEntriesResponse(r));
+                return;
+            }
+        }
+        let last_new = LogIndex(prev.0 + ae.entries.len() as u64);
+        self.append_from_leader(ae.entries);
+        // Only entries known to match the leader's may be committed (Figure 2, rule 5).
+        let commit = ae.leader_commit.min(last_new);
+        self.advance_commit(commit);
+        let r = AppendEntriesResponse { success: true, index: last_new, conflict_term: None, conflict_index: LogIndex(0) };
+        self.send(from, MessageKind::AppendEntriesResponse(r));
+    }
+
+    /// Stores the leader's entries, skipping those we already hold and truncating at the
+    /// first conflict (§5.3, Figure 2 rules 3 and 4).
+    fn append_from_leader(&mut self, entries: Vec<super::types::Entry>) {
+        let mut config_changed = false;
+        let mut truncated = false;
+        for entry in entries {
+            match self.log.term_at(entry.index) {
+                Some(term) if term == entry.term => continue,
+                Some(_) => {
+                    assert!(
+                        entry.index > self.commit_index,
+                        "node {}: leader overwrites committed entry {} (commit {})",
+                        self.cfg.id,
+                        entry.index,
+                        self.commit_index
+                    );
+                    self.log.truncate_after(entry.index.prev());
+                    truncated = true;
+                }
+                None => {}
+            }
+            config_changed |= matches!(entry.payload, Payload::Config(_));
+            self.mark_log_changed(entry.index);
+            self.log.push(entry);
+        }
+        if config_changed || truncated {
+            self.reload_membership();
+        }
+    }
+
+    /// Handles a follower's answer to AppendEntries.
+    pub(super) fn on_append_entries_response(&mut self, from: NodeId, r: AppendEntriesResponse) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        if r.success {
+            if r.index > last_index {
+                log::warn!("node {}: peer {from} acked {} beyond our log", self.cfg.id, r.index);
+                return;
+            }
+            if pr.on_success(r.index) {
+                self.maybe_commit();
+                self.maybe_send_timeout_now(from);
+                self.maybe_promote(from);
+            }
+            return;
+        }
+        // A rejection at or below what already matched is a stale answer.
+        if r.index <= pr.match_index {
+            return;
+        }
+        if pr.state == ReplicationState::Probe && r.index != pr.next_index.prev() {
+            return;
+        }
+        // Fast backtracking (§5.3's optimization): skip the follower's whole conflicting term.
+        let hint = match r.conflict_term {
+            Some(term) => self.log.last_index_of_term(term).map_or(r.conflict_index, |i| i.next()),
+            None => r.conflict_index,
+        };
+        let pr = self.progress.get_mut(&from).expect("checked above");
+        pr.become_probe(hint.min(r.index));
+    }
+
+    /// A follower's handling of a heartbeat: it learns the leader and the commit index.
+    pub(super) fn on_heartbeat(&mut self, from: NodeId, commit: LogIndex, read_seq: u64) {
+        self.accept_leader(from);
+        // The leader sends min(its commit, our match), so every index up to it matches.
+        self.advance_commit(commit.min(self.log.last_index()));
+        self.send(from, MessageKind::HeartbeatResponse { read_seq });
+    }
+
+    /// The leader's handling of a heartbeat answer: liveness and read confirmation.
+    pub(super) fn on_heartbeat_response(&mut self, from: NodeId, read_seq: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        pr.read_seq_acked = pr.read_seq_acked.max(read_seq);
+        self.release_reads();
+    }
+
+    /// A message from the leader of our term: remember it and reset the election timer.
+    fn accept_leader(&mut self, from: NodeId) {
+        if self.role != super::types::Role::Follower || self.leader_id != Some(from) {
+            let term = self.hard.current_term;
+            self.become_follower(term, Some(from));
+        } else {
+            self.election_elapsed = 0;
+        }
+    }
+
+    fn advance_commit(&mut self, to: LogIndex) {
+        if to > self.commit_index {
+            debug_assert!(to <= self.log.last_index());
+            self.commit_index = to;
+        }
+    }
+
+    /// Leader: commits the highest index a majority of voters hold, if it is of the
+    /// current term (§5.4.2: older entries commit only indirectly, the Figure 8 scenario).
+    pub(super) fn maybe_commit(&mut self) -> bool {
+        let me = self.cfg.id;
+        let mut matched: Vec<LogIndex> = self
+            .membership
+            .voters
+            .keys()
+            .map(|&id| if id == me { self.log.last_index() } else { self.progress.get(&id).map_or(LogIndex(0), |p| p.match_index) })
+            .collect();
+        if matched.is_empty() {
+            return false;
+        }
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let majority_index = matched[self.membership.quorum() - 1];
+        if majority_index <= self.commit_index || self.log.term_at(majority_index) != Some(self.hard.current_term) {
+            return false;
+        }
+        self.commit_index = majority_index;
+        self.on_commit_advanced();
+        true
+    }
+
+    /// Sends heartbeats to every member, and notices pipelines whose messages were lost.
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        let commit = self.commit_index;
+        let read_seq = self.read_seq;
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for id in peers {
+            let pr = self.progress.get_mut(&id).expect("listed above");
+            if pr.state == ReplicationState::Replicate && !pr.inflight.is_empty() && !pr.acked_since_heartbeat {
+                // Nothing acknowledged for a heartbeat interval: assume loss and re-probe.
+                let next = pr.match_index.next();
+                pr.become_probe(next);
+            }
+            pr.acked_since_heartbeat = false;
+            // A probe that got no answer is retried once per heartbeat.
+            pr.probe_sent = false;
+            let commit = commit.min(pr.match_index);
+            self.send(id, MessageKind::Heartbeat { commit, read_seq });
+        }
+    }
+
+    /// Sends, to each follower, as many AppendEntries as its flow control allows.
+    pub(super) fn flush_leader(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for id in peers {
+            while self.maybe_send_append(id) {}
+        }
+        self.flush_read_round();
+    }
+
+    /// Sends one AppendEntries to `to` if it is behind and flow control allows; returns
+    /// whether it sent one.
+    fn maybe_send_append(&mut self, to: NodeId) -> bool {
+        let last_index = self.log.last_index();
+        let pr = &self.progress[&to];
+        if pr.match_index >= last_index || !pr.can_send(self.cfg.max_inflight) {
+            return false;
+        }
+        let next = pr.next_index;
+        if pr.state == ReplicationState::Replicate && next > last_index {
+            return false;
+        }
+        let prev_log_index = next.prev();
+        let prev_log_term = self.log.term_at(prev_log_index).expect("no compaction yet: prev is in the log");
+        let entries = self.log.slice(next, self.cfg.max_append_entries, self.cfg.max_append_bytes).to_vec();
+        let last = LogIndex(prev_log_index.0 + entries.len() as u64);
+        let ae = AppendEntries { prev_log_index, prev_log_term, entries, leader_commit: self.commit_index };
+        self.progress.get_mut(&to).expect("checked").on_sent(last);
+        self.send(to, MessageKind::AppendEntries(ae));
+        true
+    }
+}

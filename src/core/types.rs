@@ -1,0 +1,112 @@
+//! Basic vocabulary of the protocol: terms, log indexes, entries.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use super::membership::Membership;
+
+/// Identifies one server of the cluster. Never 0 in a valid configuration.
+pub type NodeId = u64;
+
+/// A Raft term (§5.1): a logical clock that only moves forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Term(pub u64);
+
+/// A position in the replicated log; the first entry has index 1, and 0 means "before the log".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LogIndex(pub u64);
+
+impl Term {
+    /// The term after this one.
+    pub fn next(self) -> Term {
+        Term(self.0 + 1)
+    }
+}
+
+impl LogIndex {
+    /// The index after this one.
+    pub fn next(self) -> LogIndex {
+        LogIndex(self.0 + 1)
+    }
+
+    /// The index before this one (saturating at 0).
+    pub fn prev(self) -> LogIndex {
+        LogIndex(self.0.saturating_sub(1))
+    }
+}
+
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t{}", self.0)
+    }
+}
+
+impl fmt::Display for LogIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "i{}", self.0)
+    }
+}
+
+/// What an entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// Appended by every new leader so it can commit an entry of its own term (§5.4.2, §8).
+    Noop,
+    /// An opaque command for the user's state machine.
+    Command(Vec<u8>),
+    /// A new cluster configuration; it takes effect as soon as it is appended (dissertation §4.1).
+    Config(Membership),
+}
+
+impl Payload {
+    /// Approximate encoded size, used for batch budgets.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Payload::Noop => 1,
+            Payload::Command(bytes) => bytes.len() + 5,
+            Payload::Config(m) => 16 * (m.voters.len() + m.learners.len()) + 8,
+        }
+    }
+}
+
+/// One log entry (Figure 2: "each entry contains command for state machine, and term when
+/// entry was received by leader").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The term of the leader that created this entry.
+    pub term: Term,
+    /// Its position in the log.
+    pub index: LogIndex,
+    /// What it carries.
+    pub payload: Payload,
+}
+
+/// The state a server must keep on stable storage before answering any RPC (Figure 2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// Latest term this server has seen.
+    pub current_term: Term,
+    /// Candidate that received this server's vote in `current_term`, if any.
+    pub voted_for: Option<NodeId>,
+}
+
+/// The role a server plays (§5.1), plus the pre-vote phase (dissertation §9.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Answers leaders and candidates; redirects clients.
+    Follower,
+    /// Asking whether an election could succeed, without bumping its term.
+    PreCandidate,
+    /// Campaigning in `current_term`.
+    Candidate,
+    /// Replicating its log to the others.
+    Leader,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
