@@ -263,9 +263,31 @@ impl Raft {
     pub fn committed_in_term(&self) -> bool {
         self.role == Role::Leader && self.commit_index >= self.term_start_index
     }
-    /// Whether this server may campaign: it is a voter of its latest configuration.
+    /// Whether this server may campaign: it is a voter of its latest configuration, or
+    /// that configuration removes it but is not known to be committed and it voted in the
+    /// one before. The second case matters when a leader removing itself loses leadership
+    /// before the change commits: its log may be the only up-to-date one, and without it
+    /// no candidate could win under the previous configuration.
     pub fn is_promotable(&self) -> bool {
-        self.membership.is_voter(self.cfg.id)
+        let me = self.cfg.id;
+        if self.membership.is_voter(me) {
+            return true;
+        }
+        self.membership_index > self.commit_index && self.previous_membership().is_voter(me)
+    }
+
+    /// The configuration in force before the latest configuration entry.
+    fn previous_membership(&self) -> Membership {
+        self.log
+            .entries()
+            .iter()
+            .rev()
+            .filter(|e| e.index < self.membership_index)
+            .find_map(|e| match &e.payload {
+                Payload::Config(m) => Some(m.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| self.base_membership.clone())
     }
 
     // ----- inputs -----

@@ -1,0 +1,176 @@
+//! The safety properties of Raft (Figure 3), checked after every simulator step.
+
+use std::collections::HashMap;
+
+use quorate::core::{Entry, LogIndex, NodeId, Payload, Raft, Role, Term};
+
+/// A short fingerprint of an entry's payload, so the checker need not keep payloads.
+pub fn fingerprint(payload: &Payload) -> u64 {
+    let mut h = Fnv::default();
+    match payload {
+        Payload::Noop => h.write(&[0]),
+        Payload::Command(bytes) => {
+            h.write(&[1]);
+            h.write(bytes);
+        }
+        Payload::Config(m) => {
+            h.write(&[2]);
+            for (id, addr) in m.voters.iter().chain(m.learners.iter()) {
+                h.write(&id.to_le_bytes());
+                h.write(addr.as_bytes());
+            }
+            h.write(&(m.voters.len() as u64).to_le_bytes());
+        }
+    }
+    h.0
+}
+
+/// FNV-1a, enough for fingerprints.
+#[derive(Clone, Copy)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// What was committed at one index, as first observed.
+#[derive(Clone, Copy, Debug)]
+struct Committed {
+    term: Term,
+    fingerprint: u64,
+    /// The lowest current term of any server seen holding it committed: the committing
+    /// leader sees it first, so this is the term in which it became committed, or later.
+    commit_term: Term,
+}
+
+/// Cluster-wide memory of what every server has done, to check the properties against.
+#[derive(Default)]
+pub struct Checker {
+    /// Election safety: the leader of each term.
+    leaders: HashMap<Term, NodeId>,
+    /// Log matching: (index, term) -> (fingerprint, term of the previous entry).
+    entries: HashMap<(LogIndex, Term), (u64, Term)>,
+    /// Committed entries, by index (position 0 is index 1).
+    committed: Vec<Committed>,
+    /// State machine safety: the state fingerprint after applying each index.
+    states: Vec<u64>,
+}
+
+/// Per-server memory the checker needs between steps.
+#[derive(Clone, Debug, Default)]
+pub struct NodeCheck {
+    /// Commit index at the previous check (this lifetime).
+    pub commit_index: LogIndex,
+    /// The term in which this server was last checked as a new leader.
+    pub leader_term: Option<Term>,
+}
+
+impl Checker {
+    /// Checks one server after a step. `log_changed_from` comes from its last `Ready`.
+    pub fn check_node(&mut self, raft: &Raft, seen: &mut NodeCheck, log_changed_from: Option<LogIndex>) {
+        raft.check_invariants();
+        let id = raft.id();
+        let term = raft.current_term();
+        if let Some(from) = log_changed_from {
+            assert!(from > seen.commit_index, "node {id}: log changed at {from} at or below its commit {}", seen.commit_index);
+            self.check_log_matching(raft, from);
+        }
+        assert!(raft.commit_index() >= seen.commit_index, "node {id}: commit index went back");
+        self.check_commits(raft, seen);
+        if raft.role() == Role::Leader {
+            let leader = *self.leaders.entry(term).or_insert(id);
+            assert_eq!(leader, id, "election safety: two leaders in {term}");
+            if seen.leader_term != Some(term) {
+                seen.leader_term = Some(term);
+                self.check_leader_completeness(raft);
+            }
+        }
+    }
+
+    /// Log matching (§5.3): the same index and term imply the same entry and the same
+    /// previous term, which by induction gives identical prefixes.
+    fn check_log_matching(&mut self, raft: &Raft, from: LogIndex) {
+        let log = raft.log();
+        let mut index = from;
+        while let Some(entry) = log.get(index) {
+            let prev_term = log.term_at(index.prev()).expect("contiguous log");
+            let fp = fingerprint(&entry.payload);
+            let known = *self.entries.entry((index, entry.term)).or_insert((fp, prev_term));
+            assert_eq!(known, (fp, prev_term), "log matching: node {} differs at {index} {}", raft.id(), entry.term);
+            index = index.next();
+        }
+    }
+
+    fn check_commits(&mut self, raft: &Raft, seen: &mut NodeCheck) {
+        let term = raft.current_term();
+        let mut index = seen.commit_index.next();
+        while index <= raft.commit_index() {
+            let entry = raft.log().get(index).expect("committed entries are in the log");
+            self.record_commit(raft.id(), entry, term);
+            index = index.next();
+        }
+        seen.commit_index = raft.commit_index();
+    }
+
+    fn record_commit(&mut self, id: NodeId, entry: &Entry, observer_term: Term) {
+        let fp = fingerprint(&entry.payload);
+        let pos = (entry.index.0 - 1) as usize;
+        if let Some(c) = self.committed.get_mut(pos) {
+            assert_eq!((c.term, c.fingerprint), (entry.term, fp), "node {id}: committed {} differs", entry.index);
+            c.commit_term = c.commit_term.min(observer_term);
+        } else {
+            assert_eq!(pos, self.committed.len(), "node {id}: commit gap before {}", entry.index);
+            self.committed.push(Committed { term: entry.term, fingerprint: fp, commit_term: observer_term });
+        }
+    }
+
+    /// Leader completeness (§5.4): a new leader holds every entry committed in an earlier term.
+    fn check_leader_completeness(&self, raft: &Raft) {
+        for (pos, c) in self.committed.iter().enumerate() {
+            if c.commit_term >= raft.current_term() {
+                continue;
+            }
+            let index = LogIndex(pos as u64 + 1);
+            let held = raft.log().get(index).map(|e| (e.term, fingerprint(&e.payload)));
+            assert_eq!(
+                held,
+                Some((c.term, c.fingerprint)),
+                "leader completeness: leader {} of {} lacks committed {index}",
+                raft.id(),
+                raft.current_term()
+            );
+        }
+    }
+
+    /// State machine safety (§5.4.3): every server reaches the same state at each index.
+    pub fn check_applied(&mut self, id: NodeId, index: LogIndex, state: u64) {
+        let pos = (index.0 - 1) as usize;
+        if let Some(&known) = self.states.get(pos) {
+            assert_eq!(known, state, "state machine safety: node {id} diverges at {index}");
+        } else {
+            assert_eq!(pos, self.states.len(), "node {id} applied out of order at {index}");
+            self.states.push(state);
+        }
+    }
+
+    /// Highest index known committed anywhere.
+    pub fn max_committed(&self) -> LogIndex {
+        LogIndex(self.committed.len() as u64)
+    }
+
+    /// Whether the entry with this fingerprint was committed at `index`.
+    pub fn is_committed(&self, index: LogIndex, fp: u64) -> bool {
+        index.0 >= 1 && self.committed.get((index.0 - 1) as usize).is_some_and(|c| c.fingerprint == fp)
+    }
+}

@@ -1,0 +1,6 @@
+//! Shared test support: the deterministic simulator and its workloads.
+#![allow(dead_code)]
+
+pub mod checker;
+pub mod sim;
+pub mod workload;
