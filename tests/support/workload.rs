@@ -1,8 +1,6 @@
 //! Seeded scenarios for the simulator: faults and client traffic, optionally membership
 //! churn, then a heal phase that checks liveness.
 
-use std::collections::BTreeSet;
-
 use quorate::core::{LogIndex, Membership, NodeId, Raft};
 
 use super::sim::{Faults, Sim, UNITS_PER_TICK};
@@ -29,7 +27,7 @@ pub const LIVENESS_TICKS: u64 = 400;
 /// Runs one seed; panics (with the property that broke) on any violation.
 pub fn run(seed: u64, sc: Scenario) -> Stats {
     let mut sim = Sim::new(seed, sc.nodes, Faults::for_seed(seed));
-    let mut churn = Churn { ever_members: (1..=sc.nodes).collect(), next_id: sc.nodes + 1 };
+    let mut churn = Churn { next_id: sc.nodes + 1 };
     for _ in 0..sc.fault_ticks * UNITS_PER_TICK {
         sim.step();
         if sim.rng.chance(0.08) {
@@ -48,9 +46,6 @@ pub fn run(seed: u64, sc: Scenario) -> Stats {
         }
         if sc.churn && sim.rng.chance(0.004) {
             churn.event(&mut sim);
-        }
-        if sc.churn {
-            churn.maybe_retire(&mut sim);
         }
     }
     sim.heal();
@@ -96,8 +91,10 @@ fn check_liveness(sim: &mut Sim, seed: u64) {
 }
 
 /// Random membership changes, transfers and forced elections.
+///
+/// Removed servers keep running, as they would in production until an operator stops
+/// them: they must not disrupt the cluster (dissertation §4.2.3).
 struct Churn {
-    ever_members: BTreeSet<NodeId>,
     next_id: NodeId,
 }
 
@@ -130,26 +127,8 @@ impl Churn {
         self.next_id += 1;
         sim.add_node(id, Membership::default());
         let added = sim.with(leader, |r| r.add_server(id, format!("n{id}")));
-        if matches!(added, Some(Ok(_))) {
-            self.ever_members.insert(id);
-        } else {
-            sim.retire(id);
-        }
-    }
-
-    /// Now and then stops a server that a committed configuration no longer lists.
-    fn maybe_retire(&mut self, sim: &mut Sim) {
-        if !sim.rng.chance(0.01) {
-            return;
-        }
-        let Some(leader) = sim.leader() else { return };
-        let r = sim.raft(leader).expect("leader is live");
-        if r.membership_index() > r.commit_index() {
-            return;
-        }
-        let gone: Vec<NodeId> = self.ever_members.iter().copied().filter(|id| !r.membership().contains(*id)).collect();
-        for id in gone {
-            self.ever_members.remove(&id);
+        if !matches!(added, Some(Ok(_))) {
+            // Never in any configuration: stopping it is safe.
             sim.retire(id);
         }
     }
