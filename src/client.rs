@@ -1,0 +1,160 @@
+//! The blocking client handle.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use mio::Waker;
+
+use crate::core::NodeId;
+use crate::error::{Error, Result};
+use crate::runtime::request::{Reply, Request};
+use crate::state_machine::StateMachine;
+use crate::status::Status;
+
+/// A handle for calling one node from any thread: `Clone + Send + Sync`, cheap to clone.
+///
+/// Every call blocks until the node answers or the node's request timeout passes
+/// ([`crate::Config::request_timeout`], 5 s by default); none waits forever.
+///
+/// Backpressure: requests wait in a bounded queue ([`crate::Config::client_queue`]); when
+/// it is full a call returns [`Error::Busy`] at once, having proposed nothing.
+pub struct Client<M: StateMachine> {
+    tx: Sender<Request<M>>,
+    waker: Arc<Waker>,
+    timeout: Duration,
+}
+
+impl<M: StateMachine> Clone for Client<M> {
+    fn clone(&self) -> Self {
+        Client { tx: self.tx.clone(), waker: self.waker.clone(), timeout: self.timeout }
+    }
+}
+
+impl<M: StateMachine> Client<M> {
+    pub(crate) fn new(tx: Sender<Request<M>>, waker: Arc<Waker>, timeout: Duration) -> Client<M> {
+        Client { tx, waker, timeout }
+    }
+
+    /// Replicates `command` and returns the state machine's answer once the leader has
+    /// applied it. On a follower: `Err(Redirect { leader })` at once, nothing proposed.
+    pub fn write(&self, command: M::Command) -> Result<M::Response> {
+        self.write_timeout(command, self.timeout)
+    }
+
+    /// [`Client::write`] with its own timeout. A timeout is indeterminate: the command may
+    /// still be applied.
+    pub fn write_timeout(&self, command: M::Command, timeout: Duration) -> Result<M::Response> {
+        let command = rmp_serde::to_vec(&command).map_err(|e| Error::Codec(e.to_string()))?;
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.submit(Request::Write { command, reply: Reply::new(reply) })?;
+        match rx.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout),
+            // The node went away after accepting the command: it may have been proposed.
+            Err(RecvTimeoutError::Disconnected) => Err(Error::LeadershipLost),
+        }
+    }
+
+    /// Runs `f` on the leader's state machine after confirming leadership with a majority
+    /// (ReadIndex, dissertation §6.4), so it sees every write acknowledged before the call.
+    /// On a follower: `Err(Redirect)` (the closure cannot cross the network).
+    pub fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&M) -> R + Send + 'static,
+    {
+        self.read_with(f, |read| Request::Read { read })
+    }
+
+    /// Runs `f` on this node's state machine at once, without asking anyone: on any node,
+    /// but the state **may be stale** (a follower lags; a deposed leader may not know yet).
+    /// Like ExRaft's `read_dirty` and ra's `local_query`.
+    pub fn read_local<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&M) -> R + Send + 'static,
+    {
+        self.read_with(f, |read| Request::ReadLocal { read })
+    }
+
+    fn read_with<R, F>(&self, f: F, make: impl FnOnce(crate::runtime::request::ReadFn<M>) -> Request<M>) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&M) -> R + Send + 'static,
+    {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        let read = Box::new(move |machine: Result<&M>| {
+            let _ = reply.send(machine.map(f));
+        });
+        self.submit(make(read))?;
+        Self::wait(rx, self.timeout)
+    }
+
+    /// Waits until this node knows a leader and returns its id. On a `join()` node not yet
+    /// added, it waits and ends in `Timeout`.
+    pub fn await_leader(&self, timeout: Duration) -> Result<NodeId> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.submit(Request::AwaitLeader { reply: Reply::new(reply) })?;
+        Self::wait(rx, timeout)
+    }
+
+    /// The leader this node knows of right now, if any.
+    pub fn leader(&self) -> Result<Option<NodeId>> {
+        Ok(self.status()?.leader)
+    }
+
+    /// This node's role, term, leader, indexes and members.
+    pub fn status(&self) -> Result<Status> {
+        self.call(|reply| Request::Status { reply })
+    }
+
+    /// Adds node `id`, listening on `addr`: it joins as a learner, catches up, and is
+    /// promoted to voter. Returns once a committed configuration lists it as a voter.
+    pub fn add_server(&self, id: NodeId, addr: SocketAddr) -> Result<()> {
+        self.call(|reply| Request::AddServer { id, addr, reply })
+    }
+
+    /// Removes node `id`; returns once the configuration without it is committed. Removing
+    /// the leader works: it commits the change, then steps down and hands over.
+    pub fn remove_server(&self, id: NodeId) -> Result<()> {
+        self.call(|reply| Request::RemoveServer { id, reply })
+    }
+
+    /// Makes this node campaign now (skipping pre-vote and leases). Returns once it has
+    /// started; a no-op on the leader; `Err(NotAVoter)` on a node without a vote.
+    pub fn trigger_election(&self) -> Result<()> {
+        self.call(|reply| Request::TriggerElection { reply })
+    }
+
+    /// Hands leadership to voter `to` (§3.10) and returns once `to` leads. While the
+    /// transfer runs, writes fail with [`Error::TransferInProgress`].
+    pub fn transfer_leadership(&self, to: NodeId) -> Result<()> {
+        self.call(|reply| Request::TransferLeadership { to, reply })
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request<M>) -> Result<T> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.submit(make(Reply::new(reply)))?;
+        Self::wait(rx, self.timeout)
+    }
+
+    fn wait<T>(rx: Receiver<Result<T>>, timeout: Duration) -> Result<T> {
+        match rx.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Stopped),
+        }
+    }
+
+    fn submit(&self, request: Request<M>) -> Result<()> {
+        match self.tx.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(Error::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(Error::Stopped),
+        }
+        // A failed wake means the poller is gone: the node has stopped.
+        self.waker.wake().map_err(|_| Error::Stopped)
+    }
+}

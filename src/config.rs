@@ -1,0 +1,237 @@
+//! The node's configuration builder.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::core::{CoreConfig, Membership, NodeId};
+use crate::error::Error;
+
+/// How one node runs: who it is, whom it talks to, and its timings and bounds.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = quorate::Config::new(1, "127.0.0.1:7001".parse().unwrap())
+///     .peer(2, "127.0.0.1:7002".parse().unwrap())
+///     .peer(3, "127.0.0.1:7003".parse().unwrap())
+///     .request_timeout(Duration::from_secs(2));
+/// assert_eq!(config.id(), 1);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub(crate) id: NodeId,
+    pub(crate) listen: SocketAddr,
+    pub(crate) peers: BTreeMap<NodeId, SocketAddr>,
+    pub(crate) join: bool,
+    pub(crate) cluster_id: String,
+    pub(crate) tick: Duration,
+    pub(crate) election_timeout: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) max_append_bytes: usize,
+    pub(crate) max_append_entries: usize,
+    pub(crate) max_inflight: usize,
+    pub(crate) client_queue: usize,
+    duplicate_peer: Option<NodeId>,
+}
+
+impl Config {
+    /// Node `id` listening on `listen`. Defaults: election timeout 300 ms (randomized up to
+    /// twice that), heartbeat 50 ms, request timeout 5 s, frames up to 16 MiB.
+    pub fn new(id: NodeId, listen: SocketAddr) -> Config {
+        Config {
+            id,
+            listen,
+            peers: BTreeMap::new(),
+            join: false,
+            cluster_id: "quorate".into(),
+            tick: Duration::from_millis(10),
+            election_timeout: Duration::from_millis(300),
+            heartbeat_interval: Duration::from_millis(50),
+            request_timeout: Duration::from_secs(5),
+            max_frame_bytes: 16 << 20,
+            max_append_bytes: 1 << 20,
+            max_append_entries: 4096,
+            max_inflight: 32,
+            client_queue: 65_536,
+            duplicate_peer: None,
+        }
+    }
+
+    /// Adds an initial voting member. All nodes of a new cluster start with the same set.
+    /// This node dials `addr` to reach `id`, even after membership changes.
+    pub fn peer(mut self, id: NodeId, addr: SocketAddr) -> Config {
+        if self.peers.insert(id, addr).is_some() {
+            self.duplicate_peer = Some(id);
+        }
+        self
+    }
+
+    /// Starts with no configuration: the node never campaigns and waits for a leader to
+    /// add it with `add_server` (it then learns the members from the log).
+    pub fn join(mut self) -> Config {
+        self.join = true;
+        self
+    }
+
+    /// A name shared by every node of the cluster; connections from another cluster are
+    /// refused. Default `"quorate"`.
+    pub fn cluster_id(mut self, cluster_id: impl Into<String>) -> Config {
+        self.cluster_id = cluster_id.into();
+        self
+    }
+
+    /// Minimum election timeout; each one is drawn at random between it and twice it.
+    pub fn election_timeout(mut self, timeout: Duration) -> Config {
+        self.election_timeout = timeout;
+        self
+    }
+
+    /// How often the leader sends heartbeats; must be at most half the election timeout.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Config {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// The logical clock's period: timeouts are counted in ticks of this length.
+    pub fn tick(mut self, tick: Duration) -> Config {
+        self.tick = tick;
+        self
+    }
+
+    /// How long a client call waits before it returns [`Error::Timeout`]. Default 5 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Config {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Largest frame accepted from a peer; bigger ones close the connection.
+    pub fn max_frame_bytes(mut self, bytes: usize) -> Config {
+        self.max_frame_bytes = bytes;
+        self
+    }
+
+    /// Byte budget of one AppendEntries batch.
+    pub fn max_append_bytes(mut self, bytes: usize) -> Config {
+        self.max_append_bytes = bytes;
+        self
+    }
+
+    /// Most entries in one AppendEntries batch.
+    pub fn max_append_entries(mut self, entries: usize) -> Config {
+        self.max_append_entries = entries;
+        self
+    }
+
+    /// Most AppendEntries in flight to one follower.
+    pub fn max_inflight(mut self, messages: usize) -> Config {
+        self.max_inflight = messages;
+        self
+    }
+
+    /// Capacity of the client request queue; when full, calls fail with [`Error::Busy`].
+    pub fn client_queue(mut self, requests: usize) -> Config {
+        self.client_queue = requests;
+        self
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Says what is wrong with this configuration, if anything.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |why: String| Err(Error::Config(why));
+        if let Some(id) = self.duplicate_peer {
+            return bad(format!("peer {id} is listed twice"));
+        }
+        if let Some(addr) = self.peers.get(&self.id) {
+            if *addr != self.listen && self.listen.port() != 0 {
+                return bad(format!("own id {} listed as a peer at {addr}, but listening on {}", self.id, self.listen));
+            }
+        }
+        if self.peers.contains_key(&0) {
+            return bad("node id 0 is reserved".into());
+        }
+        if self.join && !self.peers.is_empty() {
+            return bad("a join() node takes no initial peers: it learns members from the leader".into());
+        }
+        if self.tick.is_zero() || self.request_timeout.is_zero() {
+            return bad("tick and request timeout must be non-zero".into());
+        }
+        if self.max_frame_bytes < 1024 || self.max_append_bytes == 0 || self.max_append_bytes + 64 * 1024 > self.max_frame_bytes {
+            return bad("max_append_bytes must be non-zero and at least 64 KiB below max_frame_bytes (>= 1 KiB)".into());
+        }
+        if self.client_queue == 0 {
+            return bad("client_queue must be non-zero".into());
+        }
+        self.core_config().validate().map_err(Error::Config)
+    }
+
+    pub(crate) fn core_config(&self) -> CoreConfig {
+        let ticks = |d: Duration| (d.as_micros() / self.tick.as_micros().max(1)).min(u128::from(u32::MAX)) as u32;
+        CoreConfig {
+            id: self.id,
+            election_ticks: ticks(self.election_timeout),
+            heartbeat_ticks: ticks(self.heartbeat_interval),
+            max_append_entries: self.max_append_entries,
+            max_append_bytes: self.max_append_bytes,
+            max_inflight: self.max_inflight,
+            seed: self.id ^ random_seed(),
+        }
+    }
+
+    /// The initial configuration: this node and its peers, or nothing for `join()`.
+    pub(crate) fn initial_membership(&self) -> Membership {
+        if self.join {
+            return Membership::default();
+        }
+        let mut voters: BTreeMap<NodeId, String> = self.peers.iter().map(|(&id, a)| (id, a.to_string())).collect();
+        voters.insert(self.id, self.listen.to_string());
+        Membership { voters, learners: BTreeMap::new() }
+    }
+}
+
+/// A per-process random seed (std's hasher keys are random), so election timeouts of
+/// nodes started together differ.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn rejects_bad_configurations() {
+        let base = || Config::new(1, addr(7001)).peer(2, addr(7002));
+        assert!(base().validate().is_ok());
+        let cases: Vec<(&str, Config)> = vec![
+            ("duplicate peer", base().peer(2, addr(7003))),
+            ("own id elsewhere", base().peer(1, addr(7009))),
+            ("id zero", base().peer(0, addr(7004))),
+            ("slow heartbeat", base().heartbeat_interval(Duration::from_millis(200))),
+            ("zero sizes", base().max_append_entries(0)),
+            ("frame too small", base().max_append_bytes(16 << 20)),
+            ("join with peers", base().join()),
+            ("zero queue", base().client_queue(0)),
+            ("zero node id", Config::new(0, addr(7000))),
+        ];
+        for (name, config) in cases {
+            assert!(matches!(config.validate(), Err(Error::Config(_))), "{name} accepted");
+        }
+    }
+
+    #[test]
+    fn timings_become_ticks() {
+        let c = Config::new(1, addr(1)).core_config();
+        assert_eq!((c.election_ticks, c.heartbeat_ticks), (30, 5));
+    }
+}

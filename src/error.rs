@@ -1,0 +1,124 @@
+//! The errors clients see. Each says whether the command may have taken effect.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::core::NodeId;
+
+/// A cluster member: its id and the address it listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The member's node id.
+    pub id: NodeId,
+    /// Its listen address, if this node knows it.
+    pub addr: Option<SocketAddr>,
+}
+
+/// Why a client call failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// This node is not the leader; nothing was proposed. `leader` is the leader it knows of.
+    Redirect {
+        /// The leader, if known.
+        leader: Option<Peer>,
+    },
+    /// No answer in time: the command MAY have been applied.
+    Timeout,
+    /// The command was proposed, then this node lost leadership (or stopped) before it
+    /// was applied here: it MAY have been applied.
+    LeadershipLost,
+    /// The node is stopped; nothing was proposed.
+    Stopped,
+    /// The node's request queue is full (backpressure); nothing was proposed. Retry later.
+    Busy,
+    /// A leadership transfer is under way; the leader accepts no writes or changes until it
+    /// ends (at most an election timeout). Nothing was proposed.
+    TransferInProgress,
+    /// Another membership change is not committed yet; nothing was proposed.
+    ChangeInProgress,
+    /// The leader has not committed an entry of its own term yet, so it may not change
+    /// membership; retry shortly. Nothing was proposed.
+    NotCommittedInTerm,
+    /// `add_server` of a node that is already a voter.
+    AlreadyMember(NodeId),
+    /// `remove_server` of a node that is not a member.
+    NotAMember(NodeId),
+    /// The membership change is not valid (for example, it would remove the last voter).
+    InvalidMembership(String),
+    /// The node (or the transfer target) has no vote: a learner, a removed node, or a
+    /// `join()` node not yet added.
+    NotAVoter,
+    /// A leadership transfer was abandoned before the target became leader.
+    TransferFailed,
+    /// The configuration is invalid.
+    Config(String),
+    /// An I/O error (binding the listener, spawning the thread).
+    Io(std::io::Error),
+    /// A command or response could not be encoded or decoded.
+    Codec(String),
+}
+
+impl Error {
+    /// Whether the command may have taken effect despite the error: a client that retries
+    /// must be ready to see it applied twice.
+    pub fn is_indeterminate(&self) -> bool {
+        matches!(self, Error::Timeout | Error::LeadershipLost)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Redirect { leader: Some(p) } => write!(f, "not the leader; the leader is node {}", p.id),
+            Error::Redirect { leader: None } => write!(f, "not the leader; no leader known"),
+            Error::Timeout => write!(f, "timed out (the command may have been applied)"),
+            Error::LeadershipLost => write!(f, "leadership lost after proposing (the command may have been applied)"),
+            Error::Stopped => write!(f, "the node is stopped"),
+            Error::Busy => write!(f, "the node's request queue is full"),
+            Error::TransferInProgress => write!(f, "a leadership transfer is in progress"),
+            Error::ChangeInProgress => write!(f, "another membership change is in progress"),
+            Error::NotCommittedInTerm => write!(f, "the leader has not committed an entry in its term yet"),
+            Error::AlreadyMember(id) => write!(f, "node {id} is already a member"),
+            Error::NotAMember(id) => write!(f, "node {id} is not a member"),
+            Error::InvalidMembership(why) => write!(f, "invalid membership change: {why}"),
+            Error::NotAVoter => write!(f, "not a voter"),
+            Error::TransferFailed => write!(f, "leadership transfer failed"),
+            Error::Config(why) => write!(f, "invalid configuration: {why}"),
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Codec(why) => write!(f, "encoding error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::Io(e)
+    }
+}
+
+/// A `Result` with quorate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_timeouts_and_lost_leadership_are_indeterminate() {
+        assert!(Error::Timeout.is_indeterminate());
+        assert!(Error::LeadershipLost.is_indeterminate());
+        for e in [Error::Redirect { leader: None }, Error::Stopped, Error::Busy, Error::TransferInProgress, Error::NotAVoter] {
+            assert!(!e.is_indeterminate(), "{e}");
+        }
+    }
+}

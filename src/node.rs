@@ -1,0 +1,98 @@
+//! The node handle: starts the node's thread and stops it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use mio::{Poll, Waker};
+
+use crate::client::Client;
+use crate::config::Config;
+use crate::core::NodeId;
+use crate::error::{Error, Result};
+use crate::runtime::{NodeLoop, Shared};
+use crate::state_machine::StateMachine;
+
+/// One running quorate node: a thread that owns the Raft state, the state machine and
+/// the node's connections. Dropping it stops it, like [`Node::stop`].
+pub struct Node<M: StateMachine> {
+    id: NodeId,
+    local_addr: SocketAddr,
+    client: Client<M>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<M: StateMachine> Node<M> {
+    /// Binds `config`'s listen address and starts the node's thread.
+    pub fn start(config: Config, machine: M) -> Result<Node<M>> {
+        config.validate()?;
+        let listener = std::net::TcpListener::bind(config.listen)?;
+        Node::start_with_listener(config, listener, machine)
+    }
+
+    /// Starts the node on an already bound listener, so tests can bind port 0 first and
+    /// learn every node's address before configuring any.
+    pub fn start_with_listener(mut config: Config, listener: std::net::TcpListener, machine: M) -> Result<Node<M>> {
+        let local_addr = listener.local_addr()?;
+        config.listen = local_addr;
+        config.validate()?;
+        listener.set_nonblocking(true)?;
+        let listener = mio::net::TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), crate::runtime::WAKER)?);
+        let shared = Arc::new(Shared { stop: AtomicBool::new(false), waker: waker.clone() });
+        let (tx, rx) = crossbeam_channel::bounded(config.client_queue);
+        let client = Client::new(tx, waker, config.request_timeout);
+        let id = config.id;
+        let node_loop = NodeLoop::new(&config, listener, poll, machine, rx, shared.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("quorate-node-{id}"))
+            .spawn(move || node_loop.run())
+            .map_err(Error::Io)?;
+        Ok(Node { id, local_addr, client, shared, thread: Some(thread) })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The address this node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A client handle for this node (`Clone + Send + Sync`).
+    pub fn client(&self) -> Client<M> {
+        self.client.clone()
+    }
+
+    /// Whether the node's thread is still running (it stops by itself if the state
+    /// machine panics).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops the node gracefully: pending requests fail (with `Stopped`, or
+    /// `LeadershipLost` for writes already proposed), the thread exits and its sockets close.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let Some(thread) = self.thread.take() else { return };
+        self.shared.stop.store(true, Ordering::Release);
+        let _ = self.shared.waker.wake();
+        if thread.join().is_err() {
+            log::error!("node {}: its thread panicked", self.id);
+        }
+    }
+}
+
+impl<M: StateMachine> Drop for Node<M> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

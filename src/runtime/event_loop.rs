@@ -1,0 +1,339 @@
+//! The node thread's loop, as mio's own examples write it: poll, drain every ready
+//! source until `WouldBlock`, then turn the core's output into I/O once per turn.
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::config::Config;
+use crate::core::{LogIndex, Message, NodeId, ProposeError, Raft, Role};
+use crate::error::{Error, Peer};
+use crate::state_machine::StateMachine;
+use crate::status::{Member, Status};
+use crate::transport::ConnectionConfig;
+
+use super::peers::{Identity, Peers};
+use super::pending::{Change, Pending};
+use super::request::Request;
+
+/// The listening socket's token.
+pub(crate) const LISTENER: Token = Token(0);
+/// The token client requests wake the loop with.
+pub(crate) const WAKER: Token = Token(1);
+/// Peer connections get tokens from here on.
+const FIRST_PEER_TOKEN: usize = 2;
+/// Most client requests taken per turn: a flood of requests must not starve heartbeats.
+const REQUESTS_PER_TURN_MAX: usize = 4096;
+/// Most poll events handled per turn.
+const EVENTS_CAPACITY: usize = 1024;
+/// If the loop falls this many ticks behind, it skips them instead of catching up.
+const TICKS_CATCH_UP_MAX: u32 = 5;
+
+/// State shared between the node thread and its handles.
+pub(crate) struct Shared {
+    pub stop: AtomicBool,
+    pub waker: Arc<Waker>,
+}
+
+/// One node's event loop and everything it owns.
+pub(crate) struct NodeLoop<M: StateMachine> {
+    pub(super) id: NodeId,
+    pub(super) core: Raft,
+    pub(super) machine: M,
+    /// Invariant: `applied <= core.commit_index()`.
+    pub(super) applied: LogIndex,
+    pub(super) pending: Pending<M>,
+    /// Set when `apply` panicked or a command could not be decoded: the node stops.
+    pub(super) poisoned: bool,
+    poll: Poll,
+    listener: TcpListener,
+    peers: Peers,
+    requests: Receiver<Request<M>>,
+    shared: Arc<Shared>,
+    tick: Duration,
+    next_tick: Instant,
+    request_timeout: Duration,
+    inbox: Vec<(NodeId, Message)>,
+    /// Work left over from the last turn (requests, entries to apply, unread input).
+    busy: bool,
+}
+
+impl<M: StateMachine> NodeLoop<M> {
+    /// Sets up the loop; `listener` is already bound to `config.listen`.
+    pub fn new(config: &Config, listener: TcpListener, poll: Poll, machine: M, requests: Receiver<Request<M>>, shared: Arc<Shared>) -> NodeLoop<M> {
+        let core = Raft::new(config.core_config(), config.initial_membership());
+        let me = Identity {
+            id: config.id,
+            cluster_id: config.cluster_id.clone(),
+            incarnation: config.core_config().seed ^ 0xA5A5_5A5A,
+            listen_addr: config.listen,
+        };
+        let conn_config = ConnectionConfig { max_frame_bytes: config.max_frame_bytes, ..ConnectionConfig::default() };
+        let mut peers = Peers::new(me, conn_config, config.peers.clone(), FIRST_PEER_TOKEN);
+        peers.set_member_addrs(member_addrs(&core));
+        NodeLoop {
+            id: config.id,
+            core,
+            machine,
+            applied: LogIndex(0),
+            pending: Pending::new(),
+            poisoned: false,
+            poll,
+            listener,
+            peers,
+            requests,
+            shared,
+            tick: config.tick,
+            next_tick: Instant::now() + config.tick,
+            request_timeout: config.request_timeout,
+            inbox: Vec::new(),
+            busy: false,
+        }
+    }
+
+    /// Runs until stopped.
+    pub fn run(mut self) {
+        if let Err(e) = self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE) {
+            log::error!("node {}: cannot register the listener: {e}", self.id);
+            return self.shutdown();
+        }
+        log::info!("node {}: running on {:?}", self.id, self.listener.local_addr());
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        while !self.shared.stop.load(Ordering::Acquire) && !self.poisoned {
+            let timeout = if self.busy { Duration::ZERO } else { self.next_tick.saturating_duration_since(Instant::now()) };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("node {}: poll failed: {e}; stopping", self.id);
+                break;
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    token => self.peers.on_ready(self.poll.registry(), token, event.is_writable(), &mut self.inbox, now),
+                }
+            }
+            self.turn(now);
+        }
+        self.shutdown();
+    }
+
+    /// One turn: timers, peer input, client requests, then the core's output, batched.
+    fn turn(&mut self, now: Instant) {
+        self.peers.read_leftovers(self.poll.registry(), &mut self.inbox, now);
+        self.on_timers(now);
+        for (from, msg) in std::mem::take(&mut self.inbox) {
+            self.core.step(from, msg);
+        }
+        let more_requests = self.drain_requests();
+        self.process_ready(now);
+        let more_to_apply = self.apply_committed();
+        self.pending.settle(&self.core, now);
+        self.peers.flush_all(self.poll.registry(), now);
+        self.busy = more_requests || more_to_apply || self.peers.has_leftovers();
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        let mut ticks = 0;
+        while now >= self.next_tick {
+            if ticks == TICKS_CATCH_UP_MAX {
+                self.next_tick = now + self.tick;
+                break;
+            }
+            self.core.tick();
+            self.next_tick += self.tick;
+            ticks += 1;
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, addr)) => {
+                    log::debug!("node {}: accepted a connection from {addr}", self.id);
+                    self.peers.accept(self.poll.registry(), stream);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: try again next readiness.
+                    log::warn!("node {}: accept failed: {e}", self.id);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands the core's output to the network and the pending requests. Memory-only
+    /// storage needs nothing persisted, so the `Ready` ordering rule holds trivially.
+    fn process_ready(&mut self, now: Instant) {
+        loop {
+            let ready = self.core.take_ready();
+            if ready.is_empty() {
+                return;
+            }
+            for env in ready.messages {
+                self.peers.send(self.poll.registry(), env.to, env.message, now);
+            }
+            for read in ready.reads {
+                if let Some(f) = self.pending.unconfirmed_reads.remove(&read.ctx) {
+                    self.pending.confirmed_reads.push((read.index, f));
+                }
+            }
+            for ctx in ready.dropped_reads {
+                if let Some(f) = self.pending.unconfirmed_reads.remove(&ctx) {
+                    f(Err(Error::LeadershipLost));
+                }
+            }
+            if ready.soft_state_changed {
+                self.peers.set_member_addrs(member_addrs(&self.core));
+                log::debug!("node {}: {:?}", self.id, self.core);
+            }
+        }
+    }
+
+    /// Takes up to [`REQUESTS_PER_TURN_MAX`] client requests; returns whether more wait.
+    fn drain_requests(&mut self) -> bool {
+        for _ in 0..REQUESTS_PER_TURN_MAX {
+            match self.requests.try_recv() {
+                Ok(request) => self.on_request(request),
+                Err(_) => return false,
+            }
+        }
+        !self.requests.is_empty()
+    }
+
+    fn on_request(&mut self, request: Request<M>) {
+        let deadline = Instant::now() + self.request_timeout;
+        match request {
+            Request::Write { command, reply } => match self.core.propose(command) {
+                Ok(index) => {
+                    self.pending.writes.insert(index, (self.core.current_term(), reply.proposed()));
+                }
+                Err(e) => {
+                    reply.send(Err(self.refusal(e)));
+                }
+            },
+            Request::Read { read } => {
+                let ctx = self.pending.next_read_ctx;
+                self.pending.next_read_ctx += 1;
+                match self.core.read_index(ctx) {
+                    Ok(()) => {
+                        self.pending.unconfirmed_reads.insert(ctx, read);
+                    }
+                    Err(e) => read(Err(self.refusal(e))),
+                }
+            }
+            Request::ReadLocal { read } => read(Ok(&self.machine)),
+            Request::AwaitLeader { reply } => self.pending.leader_waiters.push(reply),
+            Request::Status { reply } => {
+                reply.send(Ok(self.status()));
+            }
+            Request::AddServer { id, addr, reply } => {
+                let result = if self.core.membership().is_voter(id) {
+                    Err(Error::AlreadyMember(id))
+                } else {
+                    self.core.add_server(id, addr.to_string()).map_err(|e| self.refusal(e))
+                };
+                match result {
+                    Ok(_) => self.pending.changes.push((Change::Add(id), deadline, reply.proposed())),
+                    Err(e) => reply.send(Err(e)),
+                }
+            }
+            Request::RemoveServer { id, reply } => {
+                let result = if !self.core.membership().contains(id) && self.core.role() == Role::Leader {
+                    Err(Error::NotAMember(id))
+                } else {
+                    self.core.remove_server(id).map_err(|e| self.refusal(e))
+                };
+                match result {
+                    Ok(_) => self.pending.changes.push((Change::Remove(id), deadline, reply.proposed())),
+                    Err(e) => reply.send(Err(e)),
+                }
+            }
+            Request::TriggerElection { reply } => {
+                reply.send(self.core.trigger_election().map_err(|e| self.refusal(e)));
+            }
+            Request::TransferLeadership { to, reply } => match self.core.transfer_leadership(to) {
+                Ok(()) if to == self.id => reply.send(Ok(())),
+                Ok(()) => {
+                    if let Some((_, _, old)) = self.pending.transfer.replace((to, deadline, reply)) {
+                        old.send(Err(Error::TransferFailed));
+                    }
+                }
+                Err(e) => reply.send(Err(self.refusal(e))),
+            },
+        }
+    }
+
+    /// Turns the core's refusal into the client's error (nothing was proposed).
+    fn refusal(&self, e: ProposeError) -> Error {
+        match e {
+            ProposeError::NotLeader(leader) => Error::Redirect { leader: leader.map(|id| self.peer_info(id)) },
+            ProposeError::TransferInProgress => Error::TransferInProgress,
+            ProposeError::ChangeInProgress => Error::ChangeInProgress,
+            ProposeError::NotCommittedInTerm => Error::NotCommittedInTerm,
+            ProposeError::InvalidChange(why) => Error::InvalidMembership(why.into()),
+            ProposeError::NotAVoter => Error::NotAVoter,
+        }
+    }
+
+    fn peer_info(&self, id: NodeId) -> Peer {
+        let addr = self.core.membership().address(id).and_then(|a| a.parse().ok());
+        Peer { id, addr }
+    }
+
+    fn status(&self) -> Status {
+        let m = self.core.membership();
+        let members = m
+            .voters
+            .iter()
+            .map(|(id, a)| (id, a, true))
+            .chain(m.learners.iter().map(|(id, a)| (id, a, false)))
+            .map(|(&id, addr, voter)| Member {
+                id,
+                addr: addr.parse().ok(),
+                voter,
+                match_index: self.core.progress(id).map(|p| p.match_index.0),
+            })
+            .collect();
+        Status {
+            id: self.id,
+            role: self.core.role(),
+            term: self.core.current_term().0,
+            leader: self.core.leader_id(),
+            commit_index: self.core.commit_index().0,
+            applied_index: self.applied.0,
+            last_log_index: self.core.log().last_index().0,
+            members,
+            membership_committed: self.core.membership_index() <= self.core.commit_index(),
+            refused: self.peers.refused.clone(),
+        }
+    }
+
+    fn shutdown(mut self) {
+        log::info!("node {}: stopping", self.id);
+        self.pending.fail_all();
+        self.peers.close_all(self.poll.registry());
+        // Requests still queued answer `Stopped` as they drop (see `Reply`).
+    }
+}
+
+/// The addresses the latest configuration records, parsed.
+fn member_addrs(core: &Raft) -> std::collections::BTreeMap<NodeId, SocketAddr> {
+    let m = core.membership();
+    m.voters
+        .iter()
+        .chain(m.learners.iter())
+        .filter_map(|(&id, a)| a.parse().ok().map(|addr| (id, addr)))
+        .collect()
+}

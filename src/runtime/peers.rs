@@ -1,0 +1,337 @@
+//! Connections to the other nodes: one outbound connection per peer that this node
+//! dials and writes to (with reconnect and backoff), and the inbound connections peers
+//! dial to us, which this node only reads. Only this module and the transport see sockets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+
+use crate::core::{Message, NodeId};
+use crate::runtime::wire::{Hello, Wire};
+use crate::transport::{Backoff, Connection, ConnectionConfig, Handshake, PROTOCOL_VERSION, ReadOutcome};
+
+/// Who this node is, as it introduces itself on every connection.
+pub(crate) struct Identity {
+    pub id: NodeId,
+    pub cluster_id: String,
+    pub incarnation: u64,
+    pub listen_addr: SocketAddr,
+}
+
+enum Side {
+    /// A peer dialed us; it is known once its handshake and Hello arrive.
+    Inbound { peer: Option<NodeId>, hello: bool },
+    /// We dialed this peer.
+    Outbound(NodeId),
+}
+
+struct Conn {
+    conn: Connection,
+    side: Side,
+    interest: Interest,
+}
+
+/// Reconnect state of one peer.
+struct Dialer {
+    token: Option<Token>,
+    backoff: Backoff,
+    retry_at: Option<Instant>,
+    /// Warned about the current episode of trouble (warn once, not per retry).
+    warned: bool,
+}
+
+/// All peer connections of one node.
+pub(crate) struct Peers {
+    me: Identity,
+    conn_config: ConnectionConfig,
+    /// Addresses from this node's own `Config`: they win over everything else.
+    config_addrs: BTreeMap<NodeId, SocketAddr>,
+    /// Addresses from membership entries in the log.
+    member_addrs: BTreeMap<NodeId, SocketAddr>,
+    /// Addresses peers announced when they dialed us.
+    hello_addrs: HashMap<NodeId, SocketAddr>,
+    conns: HashMap<Token, Conn>,
+    dialers: HashMap<NodeId, Dialer>,
+    /// The first incarnation seen of each peer.
+    incarnations: HashMap<NodeId, u64>,
+    next_token: usize,
+    /// Connections with output queued since the last flush.
+    unflushed: Vec<Token>,
+    /// Connections whose read budget ran out: read again without waiting for an event.
+    unread: Vec<Token>,
+    /// The last reason a peer gave for refusing us.
+    pub refused: Option<String>,
+}
+
+impl Peers {
+    pub fn new(me: Identity, conn_config: ConnectionConfig, config_addrs: BTreeMap<NodeId, SocketAddr>, first_token: usize) -> Peers {
+        Peers {
+            me,
+            conn_config,
+            config_addrs,
+            member_addrs: BTreeMap::new(),
+            hello_addrs: HashMap::new(),
+            conns: HashMap::new(),
+            dialers: HashMap::new(),
+            incarnations: HashMap::new(),
+            next_token: first_token,
+            unflushed: Vec::new(),
+            unread: Vec::new(),
+            refused: None,
+        }
+    }
+
+    /// Records the addresses of the latest configuration.
+    pub fn set_member_addrs(&mut self, addrs: BTreeMap<NodeId, SocketAddr>) {
+        self.member_addrs = addrs;
+    }
+
+    fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
+        let known = self.config_addrs.get(&id).or_else(|| self.member_addrs.get(&id));
+        known.or_else(|| self.hello_addrs.get(&id)).copied()
+    }
+
+    /// Queues a Raft message for `to`, dialing it if needed. Raft tolerates loss, so a
+    /// peer that is unreachable, backing off or backlogged simply misses the message.
+    pub fn send(&mut self, registry: &Registry, to: NodeId, msg: Message, now: Instant) {
+        let Some(token) = self.outbound_token(registry, to, now) else { return };
+        let conn = self.conns.get_mut(&token).expect("dialer tokens are live");
+        match conn.conn.queue(&Wire::Raft(msg)) {
+            Ok(()) => self.unflushed.push(token),
+            Err(e) => log::debug!("node {}: dropping message to {to}: {e}", self.me.id),
+        }
+    }
+
+    /// The outbound connection to `to`, dialing now unless backing off.
+    fn outbound_token(&mut self, registry: &Registry, to: NodeId, now: Instant) -> Option<Token> {
+        let dialer = self.dialers.entry(to).or_insert_with(|| Dialer {
+            token: None,
+            backoff: Backoff::new(to ^ 0x5eed),
+            retry_at: None,
+            warned: false,
+        });
+        if let Some(token) = dialer.token {
+            return Some(token);
+        }
+        if dialer.retry_at.is_some_and(|at| now < at) {
+            return None;
+        }
+        let Some(addr) = self.addr_of(to) else {
+            log::debug!("node {}: no address for node {to}", self.me.id);
+            return None;
+        };
+        match self.dial(registry, to, addr) {
+            Ok(token) => {
+                self.dialers.get_mut(&to).expect("inserted above").token = Some(token);
+                Some(token)
+            }
+            Err(e) => {
+                self.connection_trouble(to, now, &format!("cannot dial {addr}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn dial(&mut self, registry: &Registry, to: NodeId, addr: SocketAddr) -> std::io::Result<Token> {
+        let mut conn = Connection::connect(addr, self.conn_config)?;
+        let handshake = Handshake { protocol_version: PROTOCOL_VERSION, cluster_id: self.me.cluster_id.clone(), node_id: self.me.id };
+        let hello = Wire::Hello(Hello { incarnation: self.me.incarnation, listen_addr: self.me.listen_addr });
+        conn.queue(&handshake).and_then(|()| conn.queue(&hello)).map_err(std::io::Error::other)?;
+        let token = self.add_conn(registry, conn, Side::Outbound(to))?;
+        self.unflushed.push(token);
+        Ok(token)
+    }
+
+    /// Takes a connection a peer dialed to us.
+    pub fn accept(&mut self, registry: &Registry, stream: TcpStream) {
+        let handshake = Handshake { protocol_version: PROTOCOL_VERSION, cluster_id: self.me.cluster_id.clone(), node_id: self.me.id };
+        let result = Connection::new(stream, self.conn_config).and_then(|mut conn| {
+            conn.queue(&handshake).map_err(std::io::Error::other)?;
+            self.add_conn(registry, conn, Side::Inbound { peer: None, hello: false })
+        });
+        match result {
+            Ok(token) => self.unflushed.push(token),
+            Err(e) => log::warn!("node {}: cannot set up an accepted connection: {e}", self.me.id),
+        }
+    }
+
+    fn add_conn(&mut self, registry: &Registry, mut conn: Connection, side: Side) -> std::io::Result<Token> {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        let interest = conn.interest();
+        registry.register(&mut conn, token, interest)?;
+        self.conns.insert(token, Conn { conn, side, interest });
+        Ok(token)
+    }
+
+    /// Handles readiness of a connection: flushes, reads, and collects Raft messages.
+    pub fn on_ready(&mut self, registry: &Registry, token: Token, writable: bool, inbox: &mut Vec<(NodeId, Message)>, now: Instant) {
+        if writable {
+            self.flush_one(registry, token, now);
+        }
+        if let Err(reason) = self.read(token, inbox) {
+            self.close(registry, token, now, &reason);
+        }
+    }
+
+    /// Re-reads connections whose read budget ran out last turn.
+    pub fn read_leftovers(&mut self, registry: &Registry, inbox: &mut Vec<(NodeId, Message)>, now: Instant) {
+        for token in std::mem::take(&mut self.unread) {
+            if self.conns.contains_key(&token) {
+                self.on_ready(registry, token, false, inbox, now);
+            }
+        }
+    }
+
+    /// Whether some connection has unread input waiting.
+    pub fn has_leftovers(&self) -> bool {
+        !self.unread.is_empty()
+    }
+
+    fn read(&mut self, token: Token, inbox: &mut Vec<(NodeId, Message)>) -> Result<(), String> {
+        let Some(c) = self.conns.get_mut(&token) else { return Ok(()) };
+        let was_known = c.conn.peer().is_some();
+        let Some(peer) = c.conn.read_handshake(PROTOCOL_VERSION, &self.me.cluster_id).map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        match c.side {
+            Side::Outbound(expected) if peer.node_id != expected => {
+                return Err(format!("expected node {expected} there but found node {}", peer.node_id));
+            }
+            _ if peer.node_id == self.me.id => return Err("connected to itself".into()),
+            Side::Inbound { peer: ref mut p @ None, .. } => *p = Some(peer.node_id),
+            Side::Outbound(peer) if !was_known => self.on_connected(peer),
+            _ => {}
+        }
+        let c = self.conns.get_mut(&token).expect("still open");
+        let mut frames: Vec<Wire> = Vec::new();
+        let outcome = c.conn.read_frames(&mut frames);
+        for frame in frames {
+            self.on_frame(token, frame, inbox)?;
+        }
+        match outcome.map_err(|e| e.to_string())? {
+            ReadOutcome::Drained => Ok(()),
+            ReadOutcome::MoreAvailable => {
+                self.unread.push(token);
+                Ok(())
+            }
+            ReadOutcome::Closed => Err("closed by peer".into()),
+        }
+    }
+
+    fn on_frame(&mut self, token: Token, frame: Wire, inbox: &mut Vec<(NodeId, Message)>) -> Result<(), String> {
+        let c = self.conns.get_mut(&token).expect("reading it");
+        match (&mut c.side, frame) {
+            (Side::Inbound { peer: Some(peer), hello: hello @ false }, Wire::Hello(h)) => {
+                let peer = *peer;
+                let first = *self.incarnations.entry(peer).or_insert(h.incarnation);
+                if first != h.incarnation {
+                    let why = format!(
+                        "node {peer} restarted without its state (memory-only nodes must rejoin under a new id, or use a data dir); refusing it"
+                    );
+                    let _ = c.conn.queue(&Wire::Refused(why.clone()));
+                    let _ = c.conn.flush();
+                    log::error!("node {}: {why}", self.me.id);
+                    return Err(why);
+                }
+                *hello = true;
+                self.hello_addrs.insert(peer, h.listen_addr);
+                Ok(())
+            }
+            (Side::Inbound { peer: Some(peer), hello: true }, Wire::Raft(msg)) => {
+                inbox.push((*peer, msg));
+                Ok(())
+            }
+            (Side::Outbound(peer), Wire::Refused(why)) => {
+                log::error!("node {}: refused by node {peer}: {why}", self.me.id);
+                self.refused = Some(format!("refused by node {peer}: {why}"));
+                Err(why)
+            }
+            (_, frame) => Err(format!("unexpected frame {}", frame_name(&frame))),
+        }
+    }
+
+    /// Writes all queued output; one write per connection per turn where possible.
+    pub fn flush_all(&mut self, registry: &Registry, now: Instant) {
+        let mut tokens = std::mem::take(&mut self.unflushed);
+        tokens.sort_unstable();
+        tokens.dedup();
+        for token in tokens {
+            self.flush_one(registry, token, now);
+        }
+    }
+
+    fn flush_one(&mut self, registry: &Registry, token: Token, now: Instant) {
+        let Some(c) = self.conns.get_mut(&token) else { return };
+        if let Err(e) = c.conn.flush() {
+            self.close(registry, token, now, &e.to_string());
+            return;
+        }
+        let interest = c.conn.interest();
+        if interest != c.interest {
+            c.interest = interest;
+            if let Err(e) = registry.reregister(&mut c.conn, token, interest) {
+                self.close(registry, token, now, &e.to_string());
+            }
+        }
+    }
+
+    /// Closes one connection (never the node) and, for an outbound one, schedules a retry.
+    fn close(&mut self, registry: &Registry, token: Token, now: Instant, reason: &str) {
+        let Some(mut c) = self.conns.remove(&token) else { return };
+        let _ = registry.deregister(&mut c.conn);
+        match c.side {
+            Side::Outbound(peer) => {
+                if let Some(d) = self.dialers.get_mut(&peer) {
+                    d.token = None;
+                }
+                self.connection_trouble(peer, now, reason);
+            }
+            Side::Inbound { peer, .. } => {
+                log::info!("node {}: closed inbound connection from {peer:?}: {reason}", self.me.id);
+            }
+        }
+    }
+
+    fn connection_trouble(&mut self, peer: NodeId, now: Instant, reason: &str) {
+        let Some(d) = self.dialers.get_mut(&peer) else { return };
+        let delay = d.backoff.next_delay();
+        d.retry_at = Some(now + delay);
+        if d.warned {
+            log::debug!("node {}: connection to {peer}: {reason}; retry in {delay:?}", self.me.id);
+        } else {
+            d.warned = true;
+            log::warn!("node {}: connection to {peer}: {reason}; retrying with backoff", self.me.id);
+        }
+    }
+
+    /// An outbound connection completed its handshake: the trouble episode is over.
+    fn on_connected(&mut self, peer: NodeId) {
+        if let Some(d) = self.dialers.get_mut(&peer) {
+            if d.warned {
+                log::info!("node {}: node {peer} reachable again", self.me.id);
+            }
+            d.warned = false;
+            d.backoff.reset();
+        }
+    }
+
+    /// Closes every connection (at shutdown).
+    pub fn close_all(&mut self, registry: &Registry) {
+        for (_, mut c) in self.conns.drain() {
+            let _ = c.conn.flush();
+            let _ = registry.deregister(&mut c.conn);
+        }
+    }
+}
+
+fn frame_name(frame: &Wire) -> &'static str {
+    match frame {
+        Wire::Hello(_) => "Hello",
+        Wire::Raft(_) => "Raft",
+        Wire::Refused(_) => "Refused",
+    }
+}

@@ -1,0 +1,102 @@
+//! The first frame each side sends on a connection, and its validation.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::TransportError;
+
+/// The wire protocol version this build speaks; peers must match exactly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest handshake frame body accepted. A handshake is a few dozen bytes, so a tight
+/// bound stops an unauthenticated peer from making us buffer much before we know it.
+pub const MAX_HANDSHAKE_BYTES: usize = 4 * 1024;
+
+/// Identifies the sender of a connection; each side sends one as its first frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handshake {
+    /// The sender's wire protocol version.
+    pub protocol_version: u32,
+    /// The cluster the sender belongs to.
+    pub cluster_id: String,
+    /// The sender's node id; never 0.
+    pub node_id: u64,
+}
+
+/// Accepts `hs` only if it speaks `expected_version`, belongs to `expected_cluster` and
+/// names a valid node.
+///
+/// Whether the node is a *member* is the caller's business: membership changes at
+/// runtime and the transport knows nothing about it.
+pub fn check_handshake(
+    hs: &Handshake,
+    expected_version: u32,
+    expected_cluster: &str,
+) -> Result<(), TransportError> {
+    if hs.protocol_version != expected_version {
+        return Err(TransportError::VersionMismatch {
+            ours: expected_version,
+            theirs: hs.protocol_version,
+        });
+    }
+    if hs.cluster_id != expected_cluster {
+        return Err(TransportError::ClusterMismatch {
+            ours: expected_cluster.to_owned(),
+            theirs: hs.cluster_id.clone(),
+        });
+    }
+    if hs.node_id == 0 {
+        return Err(TransportError::InvalidNode);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hs(version: u32, cluster: &str, node_id: u64) -> Handshake {
+        Handshake {
+            protocol_version: version,
+            cluster_id: cluster.into(),
+            node_id,
+        }
+    }
+
+    #[test]
+    fn accepts_matching_handshake() {
+        assert!(check_handshake(&hs(PROTOCOL_VERSION, "c1", 3), PROTOCOL_VERSION, "c1").is_ok());
+    }
+
+    #[test]
+    fn rejects_version_mismatch() {
+        let err = check_handshake(&hs(9, "c1", 3), 1, "c1").unwrap_err();
+        assert!(matches!(
+            err,
+            TransportError::VersionMismatch { ours: 1, theirs: 9 }
+        ));
+    }
+
+    #[test]
+    fn rejects_cluster_mismatch() {
+        let err = check_handshake(&hs(1, "other", 3), 1, "c1").unwrap_err();
+        match err {
+            TransportError::ClusterMismatch { ours, theirs } => {
+                assert_eq!((ours.as_str(), theirs.as_str()), ("c1", "other"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_node_zero() {
+        let err = check_handshake(&hs(1, "c1", 0), 1, "c1").unwrap_err();
+        assert!(matches!(err, TransportError::InvalidNode));
+    }
+
+    #[test]
+    fn version_is_checked_before_cluster() {
+        // A peer on another version may encode cluster ids differently; report the root cause.
+        let err = check_handshake(&hs(2, "other", 0), 1, "c1").unwrap_err();
+        assert!(matches!(err, TransportError::VersionMismatch { .. }));
+    }
+}
