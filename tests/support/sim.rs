@@ -55,6 +55,9 @@ pub struct Faults {
     pub crash: f64,
     /// Probability per unit that the current leader crashes (the Figure 8 shapes).
     pub crash_leader: f64,
+    /// Probability that a leader crashes while sending a batch, right after it was elected
+    /// or while replicating: only a random part of its messages leave (Figure 8 shapes).
+    pub crash_mid_send: f64,
     pub restart: f64,
 }
 
@@ -62,13 +65,13 @@ impl Faults {
     /// A level of hostility picked by the seed, so every run of seeds covers them all.
     pub fn for_seed(seed: u64) -> Faults {
         match seed % 3 {
-            0 => Faults { drop: 0.02, duplicate: 0.01, long_delay: 0.02, partition: 0.002, heal: 0.01, crash: 0.001, crash_leader: 0.0005, restart: 0.01 },
-            1 => Faults { drop: 0.05, duplicate: 0.03, long_delay: 0.05, partition: 0.004, heal: 0.01, crash: 0.002, crash_leader: 0.002, restart: 0.02 },
-            _ => Faults { drop: 0.15, duplicate: 0.05, long_delay: 0.1, partition: 0.01, heal: 0.02, crash: 0.004, crash_leader: 0.006, restart: 0.05 },
+            0 => Faults { drop: 0.02, duplicate: 0.01, long_delay: 0.02, partition: 0.002, heal: 0.01, crash: 0.001, crash_leader: 0.0005, crash_mid_send: 0.001, restart: 0.01 },
+            1 => Faults { drop: 0.05, duplicate: 0.03, long_delay: 0.05, partition: 0.004, heal: 0.01, crash: 0.002, crash_leader: 0.002, crash_mid_send: 0.005, restart: 0.02 },
+            _ => Faults { drop: 0.15, duplicate: 0.05, long_delay: 0.1, partition: 0.01, heal: 0.02, crash: 0.004, crash_leader: 0.006, crash_mid_send: 0.02, restart: 0.05 },
         }
     }
     pub fn none() -> Faults {
-        Faults { drop: 0.0, duplicate: 0.0, long_delay: 0.0, partition: 0.0, heal: 1.0, crash: 0.0, crash_leader: 0.0, restart: 1.0 }
+        Faults { drop: 0.0, duplicate: 0.0, long_delay: 0.0, partition: 0.0, heal: 1.0, crash: 0.0, crash_leader: 0.0, crash_mid_send: 0.0, restart: 1.0 }
     }
 }
 
@@ -242,9 +245,36 @@ impl Sim {
         let raft = node.raft.as_ref().expect("live");
         self.checker.check_node(raft, &mut node.check, ready.log_changed_from);
         self.apply(id);
-        for env in ready.messages {
+        let mut messages = ready.messages;
+        let crash = self.may_crash_mid_send(id, messages.len());
+        if crash {
+            let keep = self.rng.between(0, messages.len() as u64 - 1) as usize;
+            messages.truncate(keep);
+        }
+        for env in messages {
             self.send(id, env.to, env.message);
         }
+        if crash {
+            self.crash(id);
+        }
+    }
+
+    /// Whether leader `id` crashes part-way through sending this batch: far more likely
+    /// while it holds uncommitted entries (just elected, or replicating), which then end
+    /// up on only some servers.
+    fn may_crash_mid_send(&mut self, id: NodeId, messages: usize) -> bool {
+        let node = &self.nodes[&id];
+        let Some(raft) = node.raft.as_ref() else { return false };
+        if raft.role() != Role::Leader || messages < 2 {
+            return false;
+        }
+        let live = self.live_ids().len();
+        if live * 2 <= self.nodes.len() + 1 {
+            return false;
+        }
+        let has_uncommitted = raft.commit_index() < raft.log().last_index();
+        let p = if has_uncommitted { self.faults.crash_mid_send * 10.0 } else { self.faults.crash_mid_send };
+        self.rng.chance(p)
     }
 
     fn apply(&mut self, id: NodeId) {
