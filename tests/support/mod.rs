@@ -4,3 +4,4 @@
 pub mod checker;
 pub mod sim;
 pub mod workload;
+pub mod cluster;

@@ -1,0 +1,175 @@
+//! Real clusters over TCP on 127.0.0.1: elections, replication, redirects, failover,
+//! backpressure, a panicking state machine, a restarted memory-only node.
+
+mod support;
+
+use std::time::Duration;
+
+use quorate::{Error, Node, Role};
+use support::cluster::{listeners, test_config, wait_until, Cluster, Cmd, Recorder};
+
+fn elect_and_replicate(n: usize) {
+    let cluster = Cluster::start(n);
+    let leader = cluster.stable_leader();
+    let client = cluster.client(leader);
+    let values: Vec<u64> = (1..=50).collect();
+    for (k, &v) in values.iter().enumerate() {
+        assert_eq!(client.write(Cmd::Put(v)).expect("write on the leader"), k + 1);
+    }
+    cluster.await_applied_everywhere(&values);
+
+    let follower = *cluster.nodes.keys().find(|&&id| id != leader).unwrap();
+    match cluster.client(follower).write(Cmd::Put(99)) {
+        Err(Error::Redirect { leader: Some(peer) }) => {
+            assert_eq!(peer.id, leader);
+            assert_eq!(peer.addr, Some(cluster.addrs[&leader]));
+        }
+        other => panic!("a follower must redirect, got {other:?}"),
+    }
+    // The redirect proposed nothing.
+    assert_eq!(client.read(|m: &Recorder| m.applied.len()).unwrap(), 50);
+}
+
+#[test]
+fn three_nodes_elect_one_leader_and_apply_in_order() {
+    elect_and_replicate(3);
+}
+
+#[test]
+fn five_nodes_elect_one_leader_and_apply_in_order() {
+    elect_and_replicate(5);
+}
+
+#[test]
+fn failover_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3);
+    let old = cluster.stable_leader();
+    let mut acked = Vec::new();
+    for v in 1..=20 {
+        cluster.client(old).write(Cmd::Put(v)).expect("write");
+        acked.push(v);
+    }
+    cluster.stop(old);
+    let new = cluster.stable_leader();
+    assert_ne!(new, old);
+    for v in 21..=40 {
+        cluster.client(new).write(Cmd::Put(v)).expect("write after failover");
+        acked.push(v);
+    }
+    let applied = cluster.client(new).read(|m: &Recorder| m.applied.clone()).unwrap();
+    assert_eq!(applied, acked, "an acknowledged write was lost or reordered");
+    cluster.await_applied_everywhere(&acked);
+}
+
+#[test]
+fn reads_on_followers_redirect_and_read_local_serves() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.stable_leader();
+    cluster.client(leader).write(Cmd::Put(7)).unwrap();
+    let follower = *cluster.nodes.keys().find(|&&id| id != leader).unwrap();
+    assert!(matches!(cluster.client(follower).read(|m: &Recorder| m.applied.len()), Err(Error::Redirect { .. })));
+    wait_until("the follower applies the write", || {
+        cluster.client(follower).read_local(|m: &Recorder| m.applied.len()).unwrap() == 1
+    });
+}
+
+#[test]
+fn single_node_cluster_serves_alone() {
+    let l = listeners(1).pop().unwrap();
+    let addr = l.local_addr().unwrap();
+    let node = Node::start_with_listener(test_config(1, addr), l, Recorder::default()).unwrap();
+    let client = node.client();
+    assert_eq!(client.await_leader(Duration::from_secs(10)).unwrap(), 1);
+    assert_eq!(client.write(Cmd::Put(1)).unwrap(), 1);
+    assert_eq!(client.read(|m: &Recorder| m.applied.clone()).unwrap(), vec![1]);
+    node.stop();
+    assert!(matches!(client.write(Cmd::Put(2)), Err(Error::Stopped)));
+    assert!(matches!(client.status(), Err(Error::Stopped)));
+}
+
+#[test]
+fn a_panicking_state_machine_stops_its_node() {
+    let l = listeners(1).pop().unwrap();
+    let addr = l.local_addr().unwrap();
+    let node = Node::start_with_listener(test_config(1, addr), l, Recorder::default()).unwrap();
+    let client = node.client();
+    client.await_leader(Duration::from_secs(10)).unwrap();
+    client.write(Cmd::Put(1)).unwrap();
+    let err = client.write(Cmd::Explode).expect_err("apply panicked");
+    assert!(err.is_indeterminate(), "the command was proposed: {err:?}");
+    wait_until("the node thread exits", || !node.is_running());
+    assert!(matches!(client.write(Cmd::Put(2)), Err(Error::Stopped)));
+    assert!(matches!(client.read_local(|m: &Recorder| m.applied.len()), Err(Error::Stopped)));
+}
+
+#[test]
+fn a_full_request_queue_answers_busy() {
+    let l = listeners(1).pop().unwrap();
+    let addr = l.local_addr().unwrap();
+    let node = Node::start_with_listener(test_config(1, addr).client_queue(2), l, Recorder::default()).unwrap();
+    let client = node.client();
+    client.await_leader(Duration::from_secs(10)).unwrap();
+    // Hold the node thread inside a read_local closure until told to go on.
+    let (entered_tx, entered_rx) = crossbeam_channel::bounded(1);
+    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
+    let blocker = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            client.read_local(move |_: &Recorder| {
+                entered_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            })
+        })
+    };
+    entered_rx.recv_timeout(Duration::from_secs(10)).expect("node thread entered the closure");
+    // The queue holds two requests: of three writers, exactly one is turned away at once.
+    let mut writers: Vec<_> = (0..3)
+        .map(|v| {
+            let client = client.clone();
+            std::thread::spawn(move || client.write(Cmd::Put(v)))
+        })
+        .collect();
+    wait_until("one writer is turned away", || writers.iter().any(|w| w.is_finished()));
+    let busy = writers.remove(writers.iter().position(|w| w.is_finished()).unwrap());
+    assert!(matches!(busy.join().unwrap(), Err(Error::Busy)), "the third request must get Busy");
+    release_tx.send(()).unwrap();
+    blocker.join().unwrap().unwrap();
+    for w in writers {
+        w.join().unwrap().expect("queued writes complete once the node is free");
+    }
+    assert_eq!(client.read(|m: &Recorder| m.applied.len()).unwrap(), 2);
+}
+
+/// A memory-only node that comes back under its old id has lost its log and its vote:
+/// letting it take part could elect two leaders in a term. The others refuse it.
+#[test]
+fn a_restarted_memory_only_node_is_refused() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.stable_leader();
+    let victim = *cluster.nodes.keys().find(|&&id| id != leader).unwrap();
+    cluster.client(leader).write(Cmd::Put(1)).unwrap();
+    cluster.await_applied_everywhere(&[1]);
+    cluster.stop(victim);
+
+    // Same id, same address, empty state.
+    let addr = cluster.addrs[&victim];
+    let listener = std::net::TcpListener::bind(addr).expect("rebind the old address");
+    let mut config = test_config(victim, addr);
+    for (&id, &a) in &cluster.addrs {
+        if id != victim {
+            config = config.peer(id, a);
+        }
+    }
+    let reborn = Node::start_with_listener(config, listener, Recorder::default()).unwrap();
+    wait_until("the others refuse the restarted node", || reborn.client().status().unwrap().refused.is_some());
+    let why = reborn.client().status().unwrap().refused.unwrap();
+    assert!(why.contains("restarted without its state"), "{why}");
+
+    // The cluster goes on without it, and it never leads.
+    for v in 2..=10 {
+        cluster.client(leader).write(Cmd::Put(v)).unwrap();
+    }
+    assert_ne!(reborn.client().status().unwrap().role, Role::Leader);
+    let s = cluster.client(leader).status().unwrap();
+    assert_eq!(s.role, Role::Leader);
+}

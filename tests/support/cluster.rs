@@ -1,0 +1,120 @@
+//! Real TCP clusters on 127.0.0.1 with OS-assigned ports, and waits with deadlines.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use quorate::{Client, Config, Node, NodeId, Role, StateMachine};
+use serde::{Deserialize, Serialize};
+
+/// How long any test waits for a condition before failing.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A state machine that records every command, so tests can compare order across nodes.
+#[derive(Default, Debug)]
+pub struct Recorder {
+    pub applied: Vec<u64>,
+}
+
+/// Commands of [`Recorder`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Cmd {
+    Put(u64),
+    /// `apply` panics on this one.
+    Explode,
+}
+
+impl StateMachine for Recorder {
+    type Command = Cmd;
+    type Response = usize;
+    fn apply(&mut self, cmd: Cmd) -> usize {
+        match cmd {
+            Cmd::Put(v) => self.applied.push(v),
+            Cmd::Explode => panic!("state machine exploded (on purpose)"),
+        }
+        self.applied.len()
+    }
+}
+
+/// Waits until `cond` holds, checking every few milliseconds, or panics after `PATIENCE`.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Binds `n` listeners on free ports.
+pub fn listeners(n: usize) -> Vec<TcpListener> {
+    (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect()
+}
+
+/// Test timings: quick elections, generous enough for a loaded 2-core machine.
+pub fn test_config(id: NodeId, addr: SocketAddr) -> Config {
+    Config::new(id, addr)
+        .election_timeout(Duration::from_millis(300))
+        .heartbeat_interval(Duration::from_millis(50))
+        .request_timeout(Duration::from_secs(10))
+}
+
+/// A cluster of nodes in this process.
+pub struct Cluster {
+    pub nodes: BTreeMap<NodeId, Node<Recorder>>,
+    pub addrs: BTreeMap<NodeId, SocketAddr>,
+}
+
+impl Cluster {
+    /// Nodes 1..=n, each listing all the others as peers.
+    pub fn start(n: usize) -> Cluster {
+        let ls = listeners(n);
+        let addrs: BTreeMap<NodeId, SocketAddr> = ls.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap())).collect();
+        let mut nodes = BTreeMap::new();
+        for (i, l) in ls.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            let mut config = test_config(id, addrs[&id]);
+            for (&peer, &addr) in &addrs {
+                if peer != id {
+                    config = config.peer(peer, addr);
+                }
+            }
+            nodes.insert(id, Node::start_with_listener(config, l, Recorder::default()).expect("start node"));
+        }
+        Cluster { nodes, addrs }
+    }
+
+    pub fn client(&self, id: NodeId) -> Client<Recorder> {
+        self.nodes[&id].client()
+    }
+
+    /// Waits until exactly one running node leads and all running nodes agree on it.
+    pub fn stable_leader(&self) -> NodeId {
+        let mut found = 0;
+        wait_until("the nodes agree on one leader", || {
+            let statuses: Vec<_> = self.nodes.values().filter_map(|n| n.client().status().ok()).collect();
+            let leaders: Vec<_> = statuses.iter().filter(|s| s.role == Role::Leader).map(|s| s.id).collect();
+            if leaders.len() != 1 || statuses.iter().any(|s| s.leader != Some(leaders[0])) {
+                return false;
+            }
+            found = leaders[0];
+            true
+        });
+        found
+    }
+
+    /// Waits until every running node has applied exactly `expected`, in order.
+    pub fn await_applied_everywhere(&self, expected: &[u64]) {
+        for (&id, node) in &self.nodes {
+            let client = node.client();
+            wait_until(&format!("node {id} applied {} commands", expected.len()), || {
+                client.read_local(|m: &Recorder| m.applied.len()).unwrap_or(0) >= expected.len()
+            });
+            let applied = client.read_local(|m: &Recorder| m.applied.clone()).expect("read_local");
+            assert_eq!(applied, expected, "node {id} applied a different sequence");
+        }
+    }
+
+    pub fn stop(&mut self, id: NodeId) {
+        self.nodes.remove(&id).expect("running").stop();
+    }
+}
