@@ -43,6 +43,9 @@ const REGRESSIONS: &[(u64, u64, bool)] = &[
     // A leader removing itself lost leadership before the change committed; its log was
     // the only up-to-date one and it refused to campaign: the cluster never recovered.
     (448, 3, true),
+    // A learner kept a silent leader's id forever, so its lease never ended and it ignored
+    // the pre-votes of the only candidate that could win.
+    (2131, 3, true),
 ];
 
 #[test]

@@ -298,9 +298,16 @@ impl Raft {
         if self.role == Role::Leader {
             self.tick_leader();
         } else if self.election_elapsed >= self.randomized_election_ticks {
-            self.election_elapsed = 0;
             if self.is_promotable() {
                 self.campaign(true, false);
+            } else {
+                // Silent for a whole election timeout: the leader is gone as far as we
+                // know. Forgetting it also ends our lease, so we answer (pre-)votes again;
+                // a learner that kept a stale leader forever could block every election.
+                if self.leader_id.take().is_some() {
+                    self.ready.soft_state_changed = true;
+                }
+                self.reset_election_timer();
             }
         }
     }
