@@ -161,7 +161,10 @@ impl Config {
         if self.tick.is_zero() || self.request_timeout.is_zero() {
             return bad("tick and request timeout must be non-zero".into());
         }
-        if self.max_frame_bytes < 1024 || self.max_append_bytes == 0 || self.max_append_bytes + 64 * 1024 > self.max_frame_bytes {
+        if self.max_frame_bytes < 1024
+            || self.max_append_bytes == 0
+            || self.max_append_bytes + 64 * 1024 > self.max_frame_bytes
+        {
             return bad("max_append_bytes must be non-zero and at least 64 KiB below max_frame_bytes (>= 1 KiB)".into());
         }
         if self.client_queue == 0 {

@@ -1,4 +1,46 @@
-//! quorate: a replicated state machine library built on Raft.
+//! quorate turns a deterministic state machine into a strongly consistent, replicated
+//! one with Raft. Implement [`StateMachine`], start one [`Node`] per process (or several
+//! in one process), and call blocking methods on a [`Client`]. No async runtime: each node
+//! is one thread running a `mio` event loop; nodes speak length-prefixed MessagePack over TCP.
+//!
+//! ```
+//! use std::time::Duration;
+//! use quorate::{Config, Node, StateMachine};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Default)]
+//! struct Counter { value: u64 }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! enum Op { Increment, IncrementBy(u64) }
+//!
+//! impl StateMachine for Counter {
+//!     type Command = Op;
+//!     type Response = u64;
+//!     fn apply(&mut self, op: Op) -> u64 {
+//!         match op {
+//!             Op::Increment => self.value += 1,
+//!             Op::IncrementBy(n) => self.value += n,
+//!         }
+//!         self.value
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), quorate::Error> {
+//! // A one-node cluster; add `.peer(id, addr)` for each other member of a real one.
+//! let node = Node::start(Config::new(1, "127.0.0.1:0".parse().unwrap()), Counter::default())?;
+//! let client = node.client();
+//! client.await_leader(Duration::from_secs(5))?;
+//! assert_eq!(client.write(Op::Increment)?, 1);
+//! assert_eq!(client.write(Op::IncrementBy(41))?, 42);
+//! assert_eq!(client.read(|c: &Counter| c.value)?, 42); // linearizable
+//! node.stop();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The Raft protocol itself lives in [`core`], a sans-IO state machine that the node's
+//! thread drives and a deterministic simulator tests under faults.
 #![deny(missing_docs)]
 
 mod client;

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use quorate::{Error, Node, Role};
-use support::cluster::{listeners, test_config, wait_until, Cluster, Cmd, Recorder};
+use support::cluster::{Cluster, Cmd, Recorder, listeners, test_config, wait_until};
 
 fn elect_and_replicate(n: usize) {
     let cluster = Cluster::start(n);

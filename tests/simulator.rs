@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::workload::{run, run_seeds, seeds, Scenario};
+use support::workload::{Scenario, run, run_seeds, seeds};
 
 const SEEDS_PER_TEST: u64 = 500;
 const FAULT_TICKS: u64 = 600;

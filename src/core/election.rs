@@ -59,12 +59,8 @@ impl Raft {
         if self.poll_votes(pre_vote) {
             return;
         }
-        let rv = RequestVote {
-            last_log_index: self.log.last_index(),
-            last_log_term: self.log.last_term(),
-            pre_vote,
-            force,
-        };
+        let rv =
+            RequestVote { last_log_index: self.log.last_index(), last_log_term: self.log.last_term(), pre_vote, force };
         let voters: Vec<NodeId> = self.membership.voters.keys().copied().filter(|&id| id != self.cfg.id).collect();
         for id in voters {
             self.send_with_term(id, term, MessageKind::RequestVote(rv.clone()));

@@ -1,10 +1,10 @@
 //! Log replication (§5.3), the commit rule (§5.4.2) and heartbeats (§5.2), with batching,
 //! pipelining and fast backtracking.
 
+use super::Raft;
 use super::message::{AppendEntries, AppendEntriesResponse, MessageKind};
 use super::progress::ReplicationState;
 use super::types::{LogIndex, NodeId, Payload, Role};
-use super::Raft;
 
 impl Raft {
     /// Answers an AppendEntries from the leader of the current term (§5.3).
@@ -35,7 +35,8 @@ impl Raft {
         // Only entries known to match the leader's may be committed (Figure 2, rule 5).
         let commit = ae.leader_commit.min(last_new);
         self.advance_commit(commit);
-        let r = AppendEntriesResponse { success: true, index: last_new, conflict_term: None, conflict_index: LogIndex(0) };
+        let r =
+            AppendEntriesResponse { success: true, index: last_new, conflict_term: None, conflict_index: LogIndex(0) };
         self.send(from, MessageKind::AppendEntriesResponse(r));
     }
 
@@ -149,7 +150,13 @@ impl Raft {
             .membership
             .voters
             .keys()
-            .map(|&id| if id == me { self.log.last_index() } else { self.progress.get(&id).map_or(LogIndex(0), |p| p.match_index) })
+            .map(|&id| {
+                if id == me {
+                    self.log.last_index()
+                } else {
+                    self.progress.get(&id).map_or(LogIndex(0), |p| p.match_index)
+                }
+            })
             .collect();
         if matched.is_empty() {
             return false;

@@ -55,7 +55,7 @@ pub enum Payload {
     /// Appended by every new leader so it can commit an entry of its own term (§5.4.2, §8).
     Noop,
     /// An opaque command for the user's state machine.
-    Command(Vec<u8>),
+    Command(#[serde(with = "as_bytes")] Vec<u8>),
     /// A new cluster configuration; it takes effect as soon as it is appended (dissertation §4.1).
     Config(Membership),
 }
@@ -108,5 +108,61 @@ pub enum Role {
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Encodes byte vectors as one binary blob rather than a sequence of integers (which
+/// MessagePack would spend up to two bytes per byte on).
+mod as_bytes {
+    use serde::Serializer;
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_travel_as_compact_binary() {
+        let payload = Payload::Command(vec![0xFF; 1000]);
+        let encoded = rmp_serde::to_vec_named(&payload).unwrap();
+        assert!(encoded.len() < 1020, "encoded {} bytes for 1000 bytes of payload", encoded.len());
+        let decoded: Payload = rmp_serde::from_slice(&encoded).unwrap();
+        assert_eq!(decoded, payload);
     }
 }

@@ -66,7 +66,14 @@ pub(crate) struct NodeLoop<M: StateMachine> {
 
 impl<M: StateMachine> NodeLoop<M> {
     /// Sets up the loop; `listener` is already bound to `config.listen`.
-    pub fn new(config: &Config, listener: TcpListener, poll: Poll, machine: M, requests: Receiver<Request<M>>, shared: Arc<Shared>) -> NodeLoop<M> {
+    pub fn new(
+        config: &Config,
+        listener: TcpListener,
+        poll: Poll,
+        machine: M,
+        requests: Receiver<Request<M>>,
+        shared: Arc<Shared>,
+    ) -> NodeLoop<M> {
         let core = Raft::new(config.core_config(), config.initial_membership());
         let me = Identity {
             id: config.id,
@@ -106,7 +113,8 @@ impl<M: StateMachine> NodeLoop<M> {
         log::info!("node {}: running on {:?}", self.id, self.listener.local_addr());
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         while !self.shared.stop.load(Ordering::Acquire) && !self.poisoned {
-            let timeout = if self.busy { Duration::ZERO } else { self.next_tick.saturating_duration_since(Instant::now()) };
+            let timeout =
+                if self.busy { Duration::ZERO } else { self.next_tick.saturating_duration_since(Instant::now()) };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
@@ -119,7 +127,9 @@ impl<M: StateMachine> NodeLoop<M> {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
-                    token => self.peers.on_ready(self.poll.registry(), token, event.is_writable(), &mut self.inbox, now),
+                    token => {
+                        self.peers.on_ready(self.poll.registry(), token, event.is_writable(), &mut self.inbox, now)
+                    }
                 }
             }
             self.turn(now);
@@ -331,9 +341,5 @@ impl<M: StateMachine> NodeLoop<M> {
 /// The addresses the latest configuration records, parsed.
 fn member_addrs(core: &Raft) -> std::collections::BTreeMap<NodeId, SocketAddr> {
     let m = core.membership();
-    m.voters
-        .iter()
-        .chain(m.learners.iter())
-        .filter_map(|(&id, a)| a.parse().ok().map(|addr| (id, addr)))
-        .collect()
+    m.voters.iter().chain(m.learners.iter()).filter_map(|(&id, a)| a.parse().ok().map(|addr| (id, addr))).collect()
 }

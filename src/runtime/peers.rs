@@ -67,7 +67,12 @@ pub(crate) struct Peers {
 }
 
 impl Peers {
-    pub fn new(me: Identity, conn_config: ConnectionConfig, config_addrs: BTreeMap<NodeId, SocketAddr>, first_token: usize) -> Peers {
+    pub fn new(
+        me: Identity,
+        conn_config: ConnectionConfig,
+        config_addrs: BTreeMap<NodeId, SocketAddr>,
+        first_token: usize,
+    ) -> Peers {
         Peers {
             me,
             conn_config,
@@ -137,7 +142,11 @@ impl Peers {
 
     fn dial(&mut self, registry: &Registry, to: NodeId, addr: SocketAddr) -> std::io::Result<Token> {
         let mut conn = Connection::connect(addr, self.conn_config)?;
-        let handshake = Handshake { protocol_version: PROTOCOL_VERSION, cluster_id: self.me.cluster_id.clone(), node_id: self.me.id };
+        let handshake = Handshake {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: self.me.cluster_id.clone(),
+            node_id: self.me.id,
+        };
         let hello = Wire::Hello(Hello { incarnation: self.me.incarnation, listen_addr: self.me.listen_addr });
         conn.queue(&handshake).and_then(|()| conn.queue(&hello)).map_err(std::io::Error::other)?;
         let token = self.add_conn(registry, conn, Side::Outbound(to))?;
@@ -147,7 +156,11 @@ impl Peers {
 
     /// Takes a connection a peer dialed to us.
     pub fn accept(&mut self, registry: &Registry, stream: TcpStream) {
-        let handshake = Handshake { protocol_version: PROTOCOL_VERSION, cluster_id: self.me.cluster_id.clone(), node_id: self.me.id };
+        let handshake = Handshake {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: self.me.cluster_id.clone(),
+            node_id: self.me.id,
+        };
         let result = Connection::new(stream, self.conn_config).and_then(|mut conn| {
             conn.queue(&handshake).map_err(std::io::Error::other)?;
             self.add_conn(registry, conn, Side::Inbound { peer: None, hello: false })
@@ -168,7 +181,14 @@ impl Peers {
     }
 
     /// Handles readiness of a connection: flushes, reads, and collects Raft messages.
-    pub fn on_ready(&mut self, registry: &Registry, token: Token, writable: bool, inbox: &mut Vec<(NodeId, Message)>, now: Instant) {
+    pub fn on_ready(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        writable: bool,
+        inbox: &mut Vec<(NodeId, Message)>,
+        now: Instant,
+    ) {
         if writable {
             self.flush_one(registry, token, now);
         }
@@ -194,7 +214,8 @@ impl Peers {
     fn read(&mut self, token: Token, inbox: &mut Vec<(NodeId, Message)>) -> Result<(), String> {
         let Some(c) = self.conns.get_mut(&token) else { return Ok(()) };
         let was_known = c.conn.peer().is_some();
-        let Some(peer) = c.conn.read_handshake(PROTOCOL_VERSION, &self.me.cluster_id).map_err(|e| e.to_string())? else {
+        let Some(peer) = c.conn.read_handshake(PROTOCOL_VERSION, &self.me.cluster_id).map_err(|e| e.to_string())?
+        else {
             return Ok(());
         };
         match c.side {

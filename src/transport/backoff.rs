@@ -37,12 +37,7 @@ impl Backoff {
 
     /// A backoff starting at `base` and capped at `max` (raised to `base` if smaller).
     pub fn with_bounds(base: Duration, max: Duration, seed: u64) -> Self {
-        Self {
-            base,
-            max: max.max(base),
-            attempt: 0,
-            rng: seed,
-        }
+        Self { base, max: max.max(base), attempt: 0, rng: seed }
     }
 
     /// The delay to wait before the next attempt; each call lengthens the following one.

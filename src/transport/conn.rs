@@ -203,8 +203,7 @@ impl Connection {
         loop {
             if let Some(hs) = self.decoder.next_frame::<Handshake>()? {
                 check_handshake(&hs, expected_version, expected_cluster)?;
-                self.decoder
-                    .set_max_frame_bytes(self.config.max_frame_bytes);
+                self.decoder.set_max_frame_bytes(self.config.max_frame_bytes);
                 self.peer = Some(hs.clone());
                 return Ok(Some(hs));
             }
@@ -220,10 +219,7 @@ impl Connection {
     /// or `read_budget_bytes` have been read; see [`ReadOutcome`] for what to do next.
     ///
     /// On error, frames decoded before it stay in `out`; close the connection.
-    pub fn read_frames<T: DeserializeOwned>(
-        &mut self,
-        out: &mut Vec<T>,
-    ) -> Result<ReadOutcome, TransportError> {
+    pub fn read_frames<T: DeserializeOwned>(&mut self, out: &mut Vec<T>) -> Result<ReadOutcome, TransportError> {
         if self.peer.is_none() {
             return Err(TransportError::HandshakeIncomplete);
         }
@@ -266,21 +262,11 @@ impl Connection {
 }
 
 impl Source for Connection {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
+    fn register(&mut self, registry: &Registry, token: Token, interest: Interest) -> io::Result<()> {
         self.stream.register(registry, token, interest)
     }
 
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
+    fn reregister(&mut self, registry: &Registry, token: Token, interest: Interest) -> io::Result<()> {
         self.stream.reregister(registry, token, interest)
     }
 

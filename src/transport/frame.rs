@@ -93,11 +93,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// Creates a decoder that refuses frame bodies longer than `max_frame_bytes`.
     pub fn new(max_frame_bytes: usize) -> Self {
-        Self {
-            buf: Vec::new(),
-            start: 0,
-            max_frame_bytes,
-        }
+        Self { buf: Vec::new(), start: 0, max_frame_bytes }
     }
 
     /// Changes the largest frame body accepted from now on.
@@ -165,10 +161,7 @@ impl FrameDecoder {
         };
         let len = prefix_value(prefix);
         if len > self.max_frame_bytes {
-            return Err(TransportError::FrameTooLarge {
-                len,
-                max: self.max_frame_bytes,
-            });
+            return Err(TransportError::FrameTooLarge { len, max: self.max_frame_bytes });
         }
         Ok(Some(len))
     }
@@ -208,10 +201,7 @@ mod tests {
         (0..50)
             .map(|i| match i % 2 {
                 0 => Msg::Ping(i),
-                _ => Msg::Data {
-                    seq: i,
-                    text: "x".repeat(i as usize * 7),
-                },
+                _ => Msg::Data { seq: i, text: "x".repeat(i as usize * 7) },
             })
             .collect()
     }
@@ -284,37 +274,23 @@ mod tests {
         let mut dec = FrameDecoder::new(1024);
         dec.push(&u32::MAX.to_be_bytes());
         let err = dec.next_frame::<Msg>().unwrap_err();
-        assert!(
-            matches!(err, TransportError::FrameTooLarge { len, max: 1024 } if len == u32::MAX as usize)
-        );
+        assert!(matches!(err, TransportError::FrameTooLarge { len, max: 1024 } if len == u32::MAX as usize));
         assert!(dec.buf.capacity() < 1024, "no room was made for the body");
     }
 
     #[test]
     fn truncated_frame_yields_nothing_until_completed() {
-        let bytes = encode_all(&[Msg::Data {
-            seq: 7,
-            text: "hello".into(),
-        }]);
+        let bytes = encode_all(&[Msg::Data { seq: 7, text: "hello".into() }]);
         let (head, tail) = bytes.split_at(bytes.len() - 1);
         let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
         dec.push(&head[..2]);
         assert!(dec.next_frame::<Msg>().unwrap().is_none(), "partial prefix");
         dec.push(&head[2..]);
         assert!(dec.next_frame::<Msg>().unwrap().is_none(), "partial body");
-        assert!(
-            dec.next_frame::<Msg>().unwrap().is_none(),
-            "asking again changes nothing"
-        );
+        assert!(dec.next_frame::<Msg>().unwrap().is_none(), "asking again changes nothing");
         dec.push(tail);
         let got = dec.next_frame::<Msg>().unwrap();
-        assert_eq!(
-            got,
-            Some(Msg::Data {
-                seq: 7,
-                text: "hello".into()
-            })
-        );
+        assert_eq!(got, Some(Msg::Data { seq: 7, text: "hello".into() }));
     }
 
     fn raw_frame(body: &[u8]) -> Vec<u8> {
@@ -328,10 +304,7 @@ mod tests {
         let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
         dec.push(&raw_frame(&[0xc1, 0xff, 0x00]));
         dec.push(&encode_all(&[Msg::Ping(5)]));
-        assert!(matches!(
-            dec.next_frame::<Msg>(),
-            Err(TransportError::Decode(_))
-        ));
+        assert!(matches!(dec.next_frame::<Msg>(), Err(TransportError::Decode(_))));
         assert_eq!(dec.next_frame::<Msg>().unwrap(), Some(Msg::Ping(5)));
     }
 
@@ -340,16 +313,10 @@ mod tests {
         let mut body = rmp_serde::to_vec_named(&Msg::Ping(1)).unwrap();
         let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
         dec.push(&raw_frame(&rmp_serde::to_vec_named("a string").unwrap()));
-        assert!(matches!(
-            dec.next_frame::<Msg>(),
-            Err(TransportError::Decode(_))
-        ));
+        assert!(matches!(dec.next_frame::<Msg>(), Err(TransportError::Decode(_))));
         body.push(0x00);
         dec.push(&raw_frame(&body));
-        assert!(matches!(
-            dec.next_frame::<Msg>(),
-            Err(TransportError::Decode(_))
-        ));
+        assert!(matches!(dec.next_frame::<Msg>(), Err(TransportError::Decode(_))));
     }
 
     #[test]
@@ -367,24 +334,15 @@ mod tests {
     #[test]
     fn encoder_refuses_oversized_body_and_leaves_output_unchanged() {
         let mut out = vec![1, 2, 3];
-        let big = Msg::Data {
-            seq: 0,
-            text: "y".repeat(200),
-        };
+        let big = Msg::Data { seq: 0, text: "y".repeat(200) };
         let err = encode_frame(&mut out, &big, 100).unwrap_err();
-        assert!(matches!(
-            err,
-            TransportError::FrameTooLarge { max: 100, .. }
-        ));
+        assert!(matches!(err, TransportError::FrameTooLarge { max: 100, .. }));
         assert_eq!(out, [1, 2, 3]);
     }
 
     #[test]
     fn buffer_capacity_is_released_after_a_large_frame() {
-        let big = Msg::Data {
-            seq: 0,
-            text: "z".repeat(4 * RETAINED_CAPACITY_BYTES),
-        };
+        let big = Msg::Data { seq: 0, text: "z".repeat(4 * RETAINED_CAPACITY_BYTES) };
         let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
         dec.push(&encode_all(&[big]));
         assert!(dec.next_frame::<Msg>().unwrap().is_some());

@@ -27,16 +27,9 @@ pub struct Handshake {
 ///
 /// Whether the node is a *member* is the caller's business: membership changes at
 /// runtime and the transport knows nothing about it.
-pub fn check_handshake(
-    hs: &Handshake,
-    expected_version: u32,
-    expected_cluster: &str,
-) -> Result<(), TransportError> {
+pub fn check_handshake(hs: &Handshake, expected_version: u32, expected_cluster: &str) -> Result<(), TransportError> {
     if hs.protocol_version != expected_version {
-        return Err(TransportError::VersionMismatch {
-            ours: expected_version,
-            theirs: hs.protocol_version,
-        });
+        return Err(TransportError::VersionMismatch { ours: expected_version, theirs: hs.protocol_version });
     }
     if hs.cluster_id != expected_cluster {
         return Err(TransportError::ClusterMismatch {
@@ -55,11 +48,7 @@ mod tests {
     use super::*;
 
     fn hs(version: u32, cluster: &str, node_id: u64) -> Handshake {
-        Handshake {
-            protocol_version: version,
-            cluster_id: cluster.into(),
-            node_id,
-        }
+        Handshake { protocol_version: version, cluster_id: cluster.into(), node_id }
     }
 
     #[test]
@@ -70,10 +59,7 @@ mod tests {
     #[test]
     fn rejects_version_mismatch() {
         let err = check_handshake(&hs(9, "c1", 3), 1, "c1").unwrap_err();
-        assert!(matches!(
-            err,
-            TransportError::VersionMismatch { ours: 1, theirs: 9 }
-        ));
+        assert!(matches!(err, TransportError::VersionMismatch { ours: 1, theirs: 9 }));
     }
 
     #[test]

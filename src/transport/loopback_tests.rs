@@ -20,18 +20,11 @@ struct Msg {
 }
 
 fn msg(seq: u64) -> Msg {
-    Msg {
-        seq,
-        text: format!("message {seq} {}", "p".repeat((seq % 97) as usize)),
-    }
+    Msg { seq, text: format!("message {seq} {}", "p".repeat((seq % 97) as usize)) }
 }
 
 fn handshake(node_id: u64) -> Handshake {
-    Handshake {
-        protocol_version: PROTOCOL_VERSION,
-        cluster_id: CLUSTER.into(),
-        node_id,
-    }
+    Handshake { protocol_version: PROTOCOL_VERSION, cluster_id: CLUSTER.into(), node_id }
 }
 
 /// What a test step wants next.
@@ -51,11 +44,7 @@ fn drive(poll: &mut Poll, mut step: impl FnMut(&Poll) -> Step) {
     loop {
         let now = Instant::now();
         assert!(now < deadline, "loopback test timed out");
-        let timeout = if again {
-            Duration::ZERO
-        } else {
-            deadline - now
-        };
+        let timeout = if again { Duration::ZERO } else { deadline - now };
         poll.poll(&mut events, Some(timeout)).unwrap();
         match step(poll) {
             Step::Done => return,
@@ -77,18 +66,9 @@ struct Peer {
 
 impl Peer {
     fn new(conn: Connection, token: Token, poll: &Poll) -> Self {
-        let mut peer = Peer {
-            conn,
-            token,
-            sent: 0,
-            received: 0,
-            more: false,
-            closed: false,
-        };
+        let mut peer = Peer { conn, token, sent: 0, received: 0, more: false, closed: false };
         let interest = peer.conn.interest();
-        poll.registry()
-            .register(&mut peer.conn, token, interest)
-            .unwrap();
+        poll.registry().register(&mut peer.conn, token, interest).unwrap();
         peer
     }
 
@@ -97,9 +77,7 @@ impl Peer {
         self.send(total);
         self.receive();
         let interest = self.conn.interest();
-        poll.registry()
-            .reregister(&mut self.conn, self.token, interest)
-            .unwrap();
+        poll.registry().reregister(&mut self.conn, self.token, interest).unwrap();
     }
 
     fn send(&mut self, total: u64) {
@@ -119,13 +97,7 @@ impl Peer {
     }
 
     fn receive(&mut self) {
-        if self.closed
-            || self
-                .conn
-                .read_handshake(PROTOCOL_VERSION, CLUSTER)
-                .unwrap()
-                .is_none()
-        {
+        if self.closed || self.conn.read_handshake(PROTOCOL_VERSION, CLUSTER).unwrap().is_none() {
             return;
         }
         let mut got = Vec::new();
@@ -144,9 +116,7 @@ impl Peer {
 fn connected_pair(poll: &mut Poll, config: ConnectionConfig) -> (Peer, Peer) {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut listener = TcpListener::bind(any).unwrap();
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .unwrap();
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE).unwrap();
     let mut client = Connection::connect(listener.local_addr().unwrap(), config).unwrap();
     client.queue(&handshake(1)).unwrap();
     let client = Peer::new(client, Token(1), poll);
@@ -184,11 +154,8 @@ fn exchanges_ten_thousand_frames_each_way() {
     const TOTAL: u64 = 10_000;
     let mut poll = Poll::new().unwrap();
     // Small bounds so backpressure and the read budget are exercised, not just allowed.
-    let config = ConnectionConfig {
-        max_outbound_bytes: 32 * 1024,
-        read_budget_bytes: 8 * 1024,
-        ..ConnectionConfig::default()
-    };
+    let config =
+        ConnectionConfig { max_outbound_bytes: 32 * 1024, read_budget_bytes: 8 * 1024, ..ConnectionConfig::default() };
     let (mut client, mut server) = connected_pair(&mut poll, config);
     let done = |p: &Peer| p.received == TOTAL && p.sent == TOTAL && p.conn.pending_bytes() == 0;
     pump_until(&mut poll, &mut client, &mut server, TOTAL, done);
@@ -205,11 +172,7 @@ fn peer_close_is_reported_after_its_frames() {
     drop(client);
     drive(&mut poll, |poll| {
         server.pump(poll, 3);
-        if server.closed {
-            Step::Done
-        } else {
-            Step::Wait
-        }
+        if server.closed { Step::Done } else { Step::Wait }
     });
 }
 
@@ -218,16 +181,10 @@ fn read_budget_bounds_frames_per_call() {
     const TOTAL: u64 = 300;
     let mut poll = Poll::new().unwrap();
     let budget = 4 * 1024;
-    let config = ConnectionConfig {
-        read_budget_bytes: budget,
-        ..ConnectionConfig::default()
-    };
+    let config = ConnectionConfig { read_budget_bytes: budget, ..ConnectionConfig::default() };
     let (mut client, server) = connected_pair(&mut poll, config);
     let mut server = server.conn;
-    let big = |seq| Msg {
-        seq,
-        text: "b".repeat(1000),
-    };
+    let big = |seq| Msg { seq, text: "b".repeat(1000) };
     let frame_len = {
         let mut buf = Vec::new();
         encode_frame(&mut buf, &big(0), usize::MAX).unwrap();
@@ -240,19 +197,11 @@ fn read_budget_bounds_frames_per_call() {
             client.sent += 1;
         }
         client.conn.flush().unwrap();
-        if server
-            .read_handshake(PROTOCOL_VERSION, CLUSTER)
-            .unwrap()
-            .is_some()
-        {
+        if server.read_handshake(PROTOCOL_VERSION, CLUSTER).unwrap().is_some() {
             let mut got = Vec::new();
             more = server.read_frames::<Msg>(&mut got).unwrap() == ReadOutcome::MoreAvailable;
             // Leftover from the last call is under one frame; the budget adds at most this.
-            assert!(
-                got.len() <= budget / frame_len + 1,
-                "{} frames in one call",
-                got.len()
-            );
+            assert!(got.len() <= budget / frame_len + 1, "{} frames in one call", got.len());
             received.extend(got);
         }
         match (received.len() as u64 == TOTAL, more) {
@@ -261,12 +210,7 @@ fn read_budget_bounds_frames_per_call() {
             (false, false) => Step::Wait,
         }
     });
-    assert!(
-        received
-            .iter()
-            .enumerate()
-            .all(|(i, m)| *m == big(i as u64))
-    );
+    assert!(received.iter().enumerate().all(|(i, m)| *m == big(i as u64)));
 }
 
 #[test]
@@ -280,16 +224,9 @@ fn wrong_cluster_is_refused_on_the_wire() {
         // The server expects another cluster, so the client's handshake must be refused.
         client.flush().unwrap();
         result = server.read_handshake(PROTOCOL_VERSION, "elsewhere");
-        if matches!(result, Ok(None)) {
-            Step::Wait
-        } else {
-            Step::Done
-        }
+        if matches!(result, Ok(None)) { Step::Wait } else { Step::Done }
     });
-    assert!(
-        matches!(result, Err(TransportError::ClusterMismatch { .. })),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(TransportError::ClusterMismatch { .. })), "{result:?}");
 }
 
 #[test]
@@ -301,11 +238,7 @@ fn close_before_handshake_is_an_error() {
     let mut result = Ok(None);
     drive(&mut poll, |_| {
         result = server.read_handshake(PROTOCOL_VERSION, CLUSTER);
-        if matches!(result, Ok(None)) {
-            Step::Wait
-        } else {
-            Step::Done
-        }
+        if matches!(result, Ok(None)) { Step::Wait } else { Step::Done }
     });
     assert!(matches!(result, Err(TransportError::Closed)), "{result:?}");
 }
@@ -322,10 +255,7 @@ fn frames_before_handshake_are_refused() {
 fn outbound_buffer_is_bounded() {
     let mut poll = Poll::new().unwrap();
     let max = 10 * 1024;
-    let config = ConnectionConfig {
-        max_outbound_bytes: max,
-        ..ConnectionConfig::default()
-    };
+    let config = ConnectionConfig { max_outbound_bytes: max, ..ConnectionConfig::default() };
     let (mut client, _server) = connected_pair(&mut poll, config);
     // Nothing is flushed, as if the peer had stopped reading.
     let mut queued = 0;
@@ -338,8 +268,5 @@ fn outbound_buffer_is_bounded() {
     assert!(matches!(result, TransportError::Backpressure), "{result:?}");
     assert!(queued > 10, "only {queued} frames fit");
     assert!(client.conn.pending_bytes() <= max);
-    assert_eq!(
-        client.conn.interest(),
-        Interest::READABLE | Interest::WRITABLE
-    );
+    assert_eq!(client.conn.interest(), Interest::READABLE | Interest::WRITABLE);
 }

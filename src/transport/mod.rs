@@ -21,9 +21,7 @@ mod handshake;
 mod loopback_tests;
 
 pub use backoff::{Backoff, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX};
-pub use conn::{
-    Connection, ConnectionConfig, DEFAULT_MAX_OUTBOUND_BYTES, READ_BUDGET_BYTES, ReadOutcome,
-};
+pub use conn::{Connection, ConnectionConfig, DEFAULT_MAX_OUTBOUND_BYTES, READ_BUDGET_BYTES, ReadOutcome};
 pub use error::TransportError;
 pub use frame::{DEFAULT_MAX_FRAME_BYTES, FrameDecoder, LEN_PREFIX_BYTES, encode_frame};
 pub use handshake::{Handshake, MAX_HANDSHAKE_BYTES, PROTOCOL_VERSION, check_handshake};

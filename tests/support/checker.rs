@@ -83,7 +83,11 @@ impl Checker {
         let id = raft.id();
         let term = raft.current_term();
         if let Some(from) = log_changed_from {
-            assert!(from > seen.commit_index, "node {id}: log changed at {from} at or below its commit {}", seen.commit_index);
+            assert!(
+                from > seen.commit_index,
+                "node {id}: log changed at {from} at or below its commit {}",
+                seen.commit_index
+            );
             self.check_log_matching(raft, from);
         }
         assert!(raft.commit_index() >= seen.commit_index, "node {id}: commit index went back");

@@ -68,7 +68,8 @@ impl Cluster {
     /// Nodes 1..=n, each listing all the others as peers.
     pub fn start(n: usize) -> Cluster {
         let ls = listeners(n);
-        let addrs: BTreeMap<NodeId, SocketAddr> = ls.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap())).collect();
+        let addrs: BTreeMap<NodeId, SocketAddr> =
+            ls.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap())).collect();
         let mut nodes = BTreeMap::new();
         for (i, l) in ls.into_iter().enumerate() {
             let id = i as u64 + 1;

@@ -3,11 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use quorate::core::{
-    CoreConfig, HardState, Log, LogIndex, Membership, Message, NodeId, Payload, Raft, Ready, Role,
-};
+use quorate::core::{CoreConfig, HardState, Log, LogIndex, Membership, Message, NodeId, Payload, Raft, Ready, Role};
 
-use super::checker::{fingerprint, Checker, Fnv, NodeCheck};
+use super::checker::{Checker, Fnv, NodeCheck, fingerprint};
 
 /// Virtual time units per tick: nodes tick at staggered offsets, messages take units.
 pub const UNITS_PER_TICK: u64 = 4;
@@ -35,11 +33,7 @@ impl Rng {
         lo + self.next_u64() % (hi - lo + 1)
     }
     pub fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
-        if items.is_empty() {
-            None
-        } else {
-            Some(items[(self.next_u64() % items.len() as u64) as usize])
-        }
+        if items.is_empty() { None } else { Some(items[(self.next_u64() % items.len() as u64) as usize]) }
     }
 }
 
@@ -65,13 +59,53 @@ impl Faults {
     /// A level of hostility picked by the seed, so every run of seeds covers them all.
     pub fn for_seed(seed: u64) -> Faults {
         match seed % 3 {
-            0 => Faults { drop: 0.02, duplicate: 0.01, long_delay: 0.02, partition: 0.002, heal: 0.01, crash: 0.001, crash_leader: 0.0005, crash_mid_send: 0.001, restart: 0.01 },
-            1 => Faults { drop: 0.05, duplicate: 0.03, long_delay: 0.05, partition: 0.004, heal: 0.01, crash: 0.002, crash_leader: 0.002, crash_mid_send: 0.005, restart: 0.02 },
-            _ => Faults { drop: 0.15, duplicate: 0.05, long_delay: 0.1, partition: 0.01, heal: 0.02, crash: 0.004, crash_leader: 0.006, crash_mid_send: 0.02, restart: 0.05 },
+            0 => Faults {
+                drop: 0.02,
+                duplicate: 0.01,
+                long_delay: 0.02,
+                partition: 0.002,
+                heal: 0.01,
+                crash: 0.001,
+                crash_leader: 0.0005,
+                crash_mid_send: 0.001,
+                restart: 0.01,
+            },
+            1 => Faults {
+                drop: 0.05,
+                duplicate: 0.03,
+                long_delay: 0.05,
+                partition: 0.004,
+                heal: 0.01,
+                crash: 0.002,
+                crash_leader: 0.002,
+                crash_mid_send: 0.005,
+                restart: 0.02,
+            },
+            _ => Faults {
+                drop: 0.15,
+                duplicate: 0.05,
+                long_delay: 0.1,
+                partition: 0.01,
+                heal: 0.02,
+                crash: 0.004,
+                crash_leader: 0.006,
+                crash_mid_send: 0.02,
+                restart: 0.05,
+            },
         }
     }
     pub fn none() -> Faults {
-        Faults { drop: 0.0, duplicate: 0.0, long_delay: 0.0, partition: 0.0, heal: 1.0, crash: 0.0, crash_leader: 0.0, crash_mid_send: 0.0, restart: 1.0 }
+        Faults {
+            drop: 0.0,
+            duplicate: 0.0,
+            long_delay: 0.0,
+            partition: 0.0,
+            heal: 1.0,
+            crash: 0.0,
+            crash_leader: 0.0,
+            crash_mid_send: 0.0,
+            restart: 1.0,
+        }
     }
 }
 
@@ -169,7 +203,9 @@ impl Sim {
     pub fn leader(&self) -> Option<NodeId> {
         self.nodes
             .iter()
-            .filter_map(|(&id, n)| n.raft.as_ref().filter(|r| r.role() == Role::Leader && !n.retired).map(|r| (r.current_term(), id)))
+            .filter_map(|(&id, n)| {
+                n.raft.as_ref().filter(|r| r.role() == Role::Leader && !n.retired).map(|r| (r.current_term(), id))
+            })
             .max()
             .map(|(_, id)| id)
     }
@@ -313,7 +349,8 @@ impl Sim {
         }
         let copies = if self.rng.chance(self.faults.duplicate) { 2 } else { 1 };
         for _ in 0..copies {
-            let delay = if self.rng.chance(self.faults.long_delay) { self.rng.between(8, 60) } else { self.rng.between(1, 4) };
+            let delay =
+                if self.rng.chance(self.faults.long_delay) { self.rng.between(8, 60) } else { self.rng.between(1, 4) };
             self.net.push(InFlight { at: self.now + delay, from, to, msg: msg.clone() });
         }
     }
@@ -358,7 +395,8 @@ impl Sim {
             }
         }
         if self.rng.chance(f.restart) {
-            let down: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.raft.is_none() && !n.retired).map(|(&id, _)| id).collect();
+            let down: Vec<NodeId> =
+                self.nodes.iter().filter(|(_, n)| n.raft.is_none() && !n.retired).map(|(&id, _)| id).collect();
             if let Some(id) = self.rng.pick(&down) {
                 self.restart(id);
             }
@@ -412,7 +450,8 @@ impl Sim {
     pub fn heal(&mut self) {
         self.faults = Faults::none();
         self.cut.clear();
-        let down: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.raft.is_none() && !n.retired).map(|(&id, _)| id).collect();
+        let down: Vec<NodeId> =
+            self.nodes.iter().filter(|(_, n)| n.raft.is_none() && !n.retired).map(|(&id, _)| id).collect();
         for id in down {
             self.restart(id);
         }

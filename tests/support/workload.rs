@@ -87,7 +87,10 @@ fn check_liveness(sim: &mut Sim, seed: u64) {
             }
         }
     }
-    assert!(ok, "liveness: seed {seed}: no entry committed and applied on all members within {LIVENESS_TICKS} ticks after healing");
+    assert!(
+        ok,
+        "liveness: seed {seed}: no entry committed and applied on all members within {LIVENESS_TICKS} ticks after healing"
+    );
 }
 
 /// Random membership changes, transfers and forced elections.
