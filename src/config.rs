@@ -147,10 +147,11 @@ impl Config {
         if let Some(id) = self.duplicate_peer {
             return bad(format!("peer {id} is listed twice"));
         }
-        if let Some(addr) = self.peers.get(&self.id) {
-            if *addr != self.listen && self.listen.port() != 0 {
-                return bad(format!("own id {} listed as a peer at {addr}, but listening on {}", self.id, self.listen));
-            }
+        if let Some(addr) = self.peers.get(&self.id)
+            && *addr != self.listen
+            && self.listen.port() != 0
+        {
+            return bad(format!("own id {} listed as a peer at {addr}, but listening on {}", self.id, self.listen));
         }
         if self.peers.contains_key(&0) {
             return bad("node id 0 is reserved".into());

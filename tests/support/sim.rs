@@ -227,7 +227,7 @@ impl Sim {
         self.maybe_fault();
         let ids: Vec<NodeId> = self.live_ids();
         for id in ids {
-            if (self.now + id) % UNITS_PER_TICK == 0 {
+            if (self.now + id).is_multiple_of(UNITS_PER_TICK) {
                 self.with(id, Raft::tick);
             }
         }
@@ -384,15 +384,17 @@ impl Sim {
         }
         let live = self.live_ids();
         let all = self.nodes.len();
-        if live.len() * 2 > all + 1 && self.rng.chance(f.crash) {
-            if let Some(id) = self.rng.pick(&live) {
-                self.crash(id);
-            }
+        if live.len() * 2 > all + 1
+            && self.rng.chance(f.crash)
+            && let Some(id) = self.rng.pick(&live)
+        {
+            self.crash(id);
         }
-        if live.len() * 2 > all + 1 && self.rng.chance(f.crash_leader) {
-            if let Some(id) = self.leader() {
-                self.crash(id);
-            }
+        if live.len() * 2 > all + 1
+            && self.rng.chance(f.crash_leader)
+            && let Some(id) = self.leader()
+        {
+            self.crash(id);
         }
         if self.rng.chance(f.restart) {
             let down: Vec<NodeId> =
