@@ -173,3 +173,34 @@ fn a_restarted_memory_only_node_is_refused() {
     let s = cluster.client(leader).status().unwrap();
     assert_eq!(s.role, Role::Leader);
 }
+
+/// A slow state machine must not cost the leader its leadership: applying is bounded per
+/// loop turn, so heartbeats keep flowing while a backlog drains.
+#[test]
+fn a_slow_state_machine_does_not_lose_leadership() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.stable_leader();
+    let term = cluster.client(leader).status().unwrap().term;
+    // 60 commands of 25 ms each: 1.5 s of applying on every node, five election timeouts.
+    let writers: Vec<_> = (0..6)
+        .map(|t| {
+            let client = cluster.client(leader);
+            std::thread::spawn(move || {
+                for k in 0..10 {
+                    client.write(Cmd::Slow(t * 10 + k, 25)).expect("slow write");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    for (&id, node) in &cluster.nodes {
+        let client = node.client();
+        wait_until(&format!("node {id} applies the backlog"), || {
+            client.read_local(|m: &Recorder| m.applied.len()).unwrap() == 60
+        });
+    }
+    let status = cluster.client(leader).status().unwrap();
+    assert_eq!((status.role, status.term), (Role::Leader, term), "leadership changed while applying");
+}

@@ -1,6 +1,7 @@
 //! Applying committed entries to the user's state machine.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
 
 use crate::core::{LogIndex, Payload};
 use crate::error::Error;
@@ -8,17 +9,22 @@ use crate::state_machine::StateMachine;
 
 use super::event_loop::NodeLoop;
 
-/// Most entries applied per loop turn, so a long backlog or a slow state machine cannot
-/// keep the loop from heartbeats and I/O for long.
+/// Most entries applied per loop turn, so a long backlog cannot keep the loop from
+/// heartbeats and I/O for long.
 pub(crate) const APPLY_BATCH_MAX: u64 = 1024;
+/// Most time spent applying per loop turn, so a slow state machine cannot either: the
+/// rest waits for the next turn, which comes at once.
+pub(crate) const APPLY_TIME_MAX: Duration = Duration::from_millis(5);
 
 impl<M: StateMachine> NodeLoop<M> {
-    /// Applies up to [`APPLY_BATCH_MAX`] committed entries and answers their clients.
+    /// Applies committed entries, up to [`APPLY_BATCH_MAX`] of them or [`APPLY_TIME_MAX`]
+    /// (but at least one), and answers their clients.
     /// Returns whether committed entries remain.
     pub(super) fn apply_committed(&mut self) -> bool {
         let commit = self.core.commit_index();
         let end = LogIndex(commit.0.min(self.applied.0 + APPLY_BATCH_MAX));
-        while self.applied < end && !self.poisoned {
+        let started = Instant::now();
+        while self.applied < end && !self.poisoned && started.elapsed() < APPLY_TIME_MAX {
             let index = self.applied.next();
             let entry = self.core.log().get(index).expect("committed entries are in memory");
             debug_assert_eq!(entry.index, index);

@@ -22,6 +22,8 @@ pub enum Cmd {
     Put(u64),
     /// `apply` panics on this one.
     Explode,
+    /// `apply` takes this many milliseconds (a slow state machine), then records the value.
+    Slow(u64, u64),
 }
 
 impl StateMachine for Recorder {
@@ -31,6 +33,10 @@ impl StateMachine for Recorder {
         match cmd {
             Cmd::Put(v) => self.applied.push(v),
             Cmd::Explode => panic!("state machine exploded (on purpose)"),
+            Cmd::Slow(v, ms) => {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                self.applied.push(v);
+            }
         }
         self.applied.len()
     }
