@@ -249,7 +249,7 @@ impl<M: StateMachine> NodeLoop<M> {
                 reply.send(Ok(self.status()));
             }
             Request::AddServer { id, addr, reply } => {
-                let result = if self.core.membership().is_voter(id) {
+                let result = if self.core.role() == Role::Leader && self.core.membership().is_voter(id) {
                     Err(Error::AlreadyMember(id))
                 } else {
                     self.core.add_server(id, addr.to_string()).map_err(|e| self.refusal(e))
