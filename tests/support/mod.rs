@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod checker;
+pub mod cluster;
+pub mod proxy;
 pub mod sim;
 pub mod workload;
-pub mod cluster;
