@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use quorate::{Error, Node, Role};
-use support::cluster::{Cluster, Cmd, Recorder, listeners, test_config, wait_until};
+use support::cluster::{Cluster, Cmd, HeldNode, Recorder, listeners, test_config, wait_until};
 
 fn elect_and_replicate(n: usize) {
     let cluster = Cluster::start(n);
@@ -109,19 +109,7 @@ fn a_full_request_queue_answers_busy() {
     let node = Node::start_with_listener(test_config(1, addr).client_queue(2), l, Recorder::default()).unwrap();
     let client = node.client();
     client.await_leader(Duration::from_secs(10)).unwrap();
-    // Hold the node thread inside a read_local closure until told to go on.
-    let (entered_tx, entered_rx) = crossbeam_channel::bounded(1);
-    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
-    let blocker = {
-        let client = client.clone();
-        std::thread::spawn(move || {
-            client.read_local(move |_: &Recorder| {
-                entered_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
-            })
-        })
-    };
-    entered_rx.recv_timeout(Duration::from_secs(10)).expect("node thread entered the closure");
+    let held = HeldNode::hold(&client);
     // The queue holds two requests: of three writers, exactly one is turned away at once.
     let mut writers: Vec<_> = (0..3)
         .map(|v| {
@@ -132,8 +120,7 @@ fn a_full_request_queue_answers_busy() {
     wait_until("one writer is turned away", || writers.iter().any(|w| w.is_finished()));
     let busy = writers.remove(writers.iter().position(|w| w.is_finished()).unwrap());
     assert!(matches!(busy.join().unwrap(), Err(Error::Busy)), "the third request must get Busy");
-    release_tx.send(()).unwrap();
-    blocker.join().unwrap().unwrap();
+    held.release();
     for w in writers {
         w.join().unwrap().expect("queued writes complete once the node is free");
     }

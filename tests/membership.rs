@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use quorate::{Client, Config, Error, Node, NodeId, Role};
-use support::cluster::{Cluster, Cmd, PATIENCE, Recorder, listeners, test_config, wait_until};
+use quorate::{Client, Error, Node, NodeId, Role};
+use support::cluster::{Cluster, Cmd, HeldNode, PATIENCE, Recorder, listeners, test_config, wait_until};
 use support::proxy::Proxy;
 
 fn init_log() {
@@ -27,25 +27,6 @@ fn start_joiner(id: NodeId) -> (Node<Recorder>, SocketAddr) {
     let node =
         Node::start_with_listener(test_config(id, addr).join(), l, Recorder::default()).expect("start join node");
     (node, addr)
-}
-
-/// Starts nodes `1..=n`, each with `tweak` applied to its config and the others as peers.
-fn start_cluster_with(n: usize, tweak: impl Fn(Config) -> Config) -> Cluster {
-    let ls = listeners(n);
-    let addrs: BTreeMap<NodeId, SocketAddr> =
-        ls.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap())).collect();
-    let mut nodes = BTreeMap::new();
-    for (i, l) in ls.into_iter().enumerate() {
-        let id = i as u64 + 1;
-        let mut config = test_config(id, addrs[&id]);
-        for (&peer, &addr) in &addrs {
-            if peer != id {
-                config = config.peer(peer, addr);
-            }
-        }
-        nodes.insert(id, Node::start_with_listener(tweak(config), l, Recorder::default()).expect("start node"));
-    }
-    Cluster { nodes, addrs }
 }
 
 /// Waits until exactly one of `ids` leads and all of `ids` agree on it.
@@ -430,25 +411,14 @@ fn membership_change_errors() {
 #[test]
 fn a_second_change_while_one_is_in_flight_is_refused() {
     init_log();
-    let cluster = start_cluster_with(3, |c| c.client_queue(2));
+    let cluster = Cluster::start_with(3, |c| c.client_queue(2));
     let leader = cluster.stable_leader();
     let lc = cluster.client(leader);
     lc.write(Cmd::Put(1)).expect("write: the leader has committed in its term");
     let (n4, a4) = start_joiner(4);
     let (n5, a5) = start_joiner(5);
 
-    let (entered_tx, entered_rx) = crossbeam_channel::bounded(1);
-    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
-    let blocker = {
-        let lc = lc.clone();
-        std::thread::spawn(move || {
-            lc.read_local(move |_: &Recorder| {
-                entered_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
-            })
-        })
-    };
-    entered_rx.recv_timeout(Duration::from_secs(10)).expect("the leader's thread entered the closure");
+    let held = HeldNode::hold(&lc);
     let mut changes: Vec<JoinHandle<quorate::Result<()>>> = vec![
         {
             let lc = lc.clone();
@@ -467,8 +437,7 @@ fn a_second_change_while_one_is_in_flight_is_refused() {
     wait_until("one change is turned away", || changes.iter().any(|c| c.is_finished()));
     let busy = changes.remove(changes.iter().position(|c| c.is_finished()).unwrap());
     assert!(matches!(busy.join().unwrap(), Err(Error::Busy)), "the third request must get Busy");
-    release_tx.send(()).unwrap();
-    blocker.join().unwrap().unwrap();
+    held.release();
     let results: Vec<_> = changes.into_iter().map(|c| c.join().unwrap()).collect();
     let refused = results.iter().filter(|r| matches!(r, Err(Error::ChangeInProgress))).count();
     let ok = results.iter().filter(|r| r.is_ok()).count();

@@ -73,6 +73,11 @@ pub struct Cluster {
 impl Cluster {
     /// Nodes 1..=n, each listing all the others as peers.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |c| c)
+    }
+
+    /// Like [`Cluster::start`], with `tweak` applied to every node's config.
+    pub fn start_with(n: usize, tweak: impl Fn(Config) -> Config) -> Cluster {
         let ls = listeners(n);
         let addrs: BTreeMap<NodeId, SocketAddr> =
             ls.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap())).collect();
@@ -85,7 +90,7 @@ impl Cluster {
                     config = config.peer(peer, addr);
                 }
             }
-            nodes.insert(id, Node::start_with_listener(config, l, Recorder::default()).expect("start node"));
+            nodes.insert(id, Node::start_with_listener(tweak(config), l, Recorder::default()).expect("start node"));
         }
         Cluster { nodes, addrs }
     }
@@ -123,5 +128,35 @@ impl Cluster {
 
     pub fn stop(&mut self, id: NodeId) {
         self.nodes.remove(&id).expect("running").stop();
+    }
+}
+
+/// Holds a node's thread inside a `read_local` closure until released, so requests pile
+/// up in its queue deterministically.
+pub struct HeldNode {
+    release: crossbeam_channel::Sender<()>,
+    blocker: std::thread::JoinHandle<quorate::Result<()>>,
+}
+
+impl HeldNode {
+    /// Returns once the node's thread is inside the closure.
+    pub fn hold(client: &Client<Recorder>) -> HeldNode {
+        let (entered_tx, entered_rx) = crossbeam_channel::bounded(1);
+        let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
+        let client = client.clone();
+        let blocker = std::thread::spawn(move || {
+            client.read_local(move |_: &Recorder| {
+                entered_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            })
+        });
+        entered_rx.recv_timeout(PATIENCE).expect("the node's thread entered the closure");
+        HeldNode { release, blocker }
+    }
+
+    /// Lets the node's thread go on.
+    pub fn release(self) {
+        self.release.send(()).unwrap();
+        self.blocker.join().unwrap().expect("read_local of the holder");
     }
 }
