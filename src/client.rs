@@ -96,7 +96,7 @@ impl<M: StateMachine> Client<M> {
     /// added, it waits and ends in `Timeout`.
     pub fn await_leader(&self, timeout: Duration) -> Result<NodeId> {
         let (reply, rx) = crossbeam_channel::bounded(1);
-        self.submit(Request::AwaitLeader { reply: Reply::new(reply) })?;
+        self.submit(Request::AwaitLeader { timeout, reply: Reply::new(reply) })?;
         Self::wait(rx, timeout)
     }
 

@@ -244,7 +244,9 @@ impl<M: StateMachine> NodeLoop<M> {
                 }
             }
             Request::ReadLocal { read } => read(Ok(&self.machine)),
-            Request::AwaitLeader { reply } => self.pending.leader_waiters.push(reply),
+            Request::AwaitLeader { timeout, reply } => {
+                self.pending.leader_waiters.push((Instant::now() + timeout, reply))
+            }
             Request::Status { reply } => {
                 reply.send(Ok(self.status()));
             }

@@ -23,7 +23,8 @@ pub(crate) struct Pending<M: StateMachine> {
     /// Confirmed reads waiting for `applied` to reach their index, in index order.
     pub confirmed_reads: Vec<(LogIndex, ReadFn<M>)>,
     pub next_read_ctx: u64,
-    pub leader_waiters: Vec<Reply<NodeId>>,
+    /// Callers of `await_leader`, until their deadline.
+    pub leader_waiters: Vec<(Instant, Reply<NodeId>)>,
     pub changes: Vec<(Change, Instant, Reply<()>)>,
     pub transfer: Option<(NodeId, Instant, Reply<()>)>,
 }
@@ -61,9 +62,12 @@ impl<M: StateMachine> Pending<M> {
     /// leaders known, and (if this node no longer leads) everything that needed it to.
     pub fn settle(&mut self, core: &Raft, now: Instant) {
         if let Some(leader) = core.leader_id() {
-            for w in self.leader_waiters.drain(..) {
+            for (_, w) in self.leader_waiters.drain(..) {
                 w.send(Ok(leader));
             }
+        }
+        for (_, w) in extract_expired(&mut self.leader_waiters, now) {
+            w.send(Err(Error::Timeout));
         }
         self.settle_changes(core, now);
         self.settle_transfer(core, now);
@@ -128,11 +132,18 @@ impl<M: StateMachine> Pending<M> {
     /// Fails everything at shutdown: proposed work is indeterminate, the rest `Stopped`.
     pub fn fail_all(&mut self) {
         self.fail_leader_work(|| Error::LeadershipLost);
-        for w in self.leader_waiters.drain(..) {
+        for (_, w) in self.leader_waiters.drain(..) {
             w.send(Err(Error::Stopped));
         }
         if let Some((_, _, reply)) = self.transfer.take() {
             reply.send(Err(Error::Stopped));
         }
     }
+}
+
+/// Removes and returns the waiters whose deadline has passed.
+fn extract_expired<T>(waiters: &mut Vec<(Instant, T)>, now: Instant) -> Vec<(Instant, T)> {
+    let (expired, waiting) = std::mem::take(waiters).into_iter().partition(|(deadline, _)| *deadline <= now);
+    *waiters = waiting;
+    expired
 }

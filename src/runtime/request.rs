@@ -56,7 +56,7 @@ pub(crate) enum Request<M: StateMachine> {
     /// A possibly stale read of the local state.
     ReadLocal { read: ReadFn<M> },
     /// Answer once a leader is known.
-    AwaitLeader { reply: Reply<NodeId> },
+    AwaitLeader { timeout: std::time::Duration, reply: Reply<NodeId> },
     /// Snapshot of the node's state.
     Status { reply: Reply<Status> },
     /// Add a member (learner first, then voter).
