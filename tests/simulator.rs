@@ -46,6 +46,9 @@ const REGRESSIONS: &[(u64, u64, bool)] = &[
     // A learner kept a silent leader's id forever, so its lease never ended and it ignored
     // the pre-votes of the only candidate that could win.
     (2131, 3, true),
+    // (A simulator bug) the liveness check did not re-propose its marker when the same
+    // node regained leadership in a later term after the marker had been truncated.
+    (270295, 3, true),
 ];
 
 #[test]

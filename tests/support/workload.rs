@@ -62,8 +62,11 @@ fn check_liveness(sim: &mut Sim, seed: u64) {
     let mut marker = None;
     let ok = sim.run_until(LIVENESS_TICKS, |sim| {
         let Some(leader) = sim.leader() else { return false };
-        if marker.is_none_or(|(id, index, _)| id != leader && !sim.checker.is_committed(index, marker.unwrap().2)) {
-            marker = sim.propose(leader).map(|(index, fp)| (leader, index, fp));
+        // (Re-)propose whenever leadership moved (even back to the same node in a later
+        // term) before the marker committed: its entry may have been truncated.
+        let term = sim.raft(leader).map(|r| r.current_term());
+        if marker.is_none_or(|(by, index, fp)| by != (leader, term) && !sim.checker.is_committed(index, fp)) {
+            marker = sim.propose(leader).map(|(index, fp)| ((leader, term), index, fp));
         }
         let Some((_, index, fp)) = marker else { return false };
         if !sim.checker.is_committed(index, fp) {
