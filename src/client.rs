@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::runtime::Shared;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use mio::Waker;
 
 use crate::core::NodeId;
 use crate::error::{Error, Result};
@@ -22,19 +22,19 @@ use crate::status::Status;
 /// it is full a call returns [`Error::Busy`] at once, having proposed nothing.
 pub struct Client<M: StateMachine> {
     tx: Sender<Request<M>>,
-    waker: Arc<Waker>,
+    shared: Arc<Shared>,
     timeout: Duration,
 }
 
 impl<M: StateMachine> Clone for Client<M> {
     fn clone(&self) -> Self {
-        Client { tx: self.tx.clone(), waker: self.waker.clone(), timeout: self.timeout }
+        Client { tx: self.tx.clone(), shared: self.shared.clone(), timeout: self.timeout }
     }
 }
 
 impl<M: StateMachine> Client<M> {
-    pub(crate) fn new(tx: Sender<Request<M>>, waker: Arc<Waker>, timeout: Duration) -> Client<M> {
-        Client { tx, waker, timeout }
+    pub(crate) fn new(tx: Sender<Request<M>>, shared: Arc<Shared>, timeout: Duration) -> Client<M> {
+        Client { tx, shared, timeout }
     }
 
     /// Replicates `command` and returns the state machine's answer once the leader has
@@ -155,6 +155,6 @@ impl<M: StateMachine> Client<M> {
             Err(TrySendError::Disconnected(_)) => return Err(Error::Stopped),
         }
         // A failed wake means the poller is gone: the node has stopped.
-        self.waker.wake().map_err(|_| Error::Stopped)
+        self.shared.wake().map_err(|_| Error::Stopped)
     }
 }

@@ -41,10 +41,10 @@ impl<M: StateMachine> Node<M> {
         listener.set_nonblocking(true)?;
         let listener = mio::net::TcpListener::from_std(listener);
         let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), crate::runtime::WAKER)?);
-        let shared = Arc::new(Shared { stop: AtomicBool::new(false), waker: waker.clone() });
+        let waker = Waker::new(poll.registry(), crate::runtime::WAKER)?;
+        let shared = Arc::new(Shared { stop: AtomicBool::new(false), waker, sleeping: AtomicBool::new(false) });
         let (tx, rx) = crossbeam_channel::bounded(config.client_queue);
-        let client = Client::new(tx, waker, config.request_timeout);
+        let client = Client::new(tx, shared.clone(), config.request_timeout);
         let id = config.id;
         let node_loop = NodeLoop::new(&config, listener, poll, machine, rx, shared.clone());
         let thread = std::thread::Builder::new()

@@ -4,7 +4,7 @@
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -38,7 +38,20 @@ const TICKS_CATCH_UP_MAX: u32 = 5;
 /// State shared between the node thread and its handles.
 pub(crate) struct Shared {
     pub stop: AtomicBool,
-    pub waker: Arc<Waker>,
+    pub waker: Waker,
+    /// The node thread is (about to be) blocked in `poll`: a new request must wake it.
+    /// While it is awake it drains the queue anyway, so clients skip the wake-up syscall.
+    pub sleeping: AtomicBool,
+}
+
+impl Shared {
+    /// Wakes the node thread if it sleeps. Called after enqueueing a request.
+    pub fn wake(&self) -> std::io::Result<()> {
+        // Pairs with the fence in `NodeLoop::poll_timeout` (a Dekker handshake): either we
+        // see `sleeping`, or the node sees our request in the queue.
+        fence(Ordering::SeqCst);
+        if self.sleeping.swap(false, Ordering::SeqCst) { self.waker.wake() } else { Ok(()) }
+    }
 }
 
 /// One node's event loop and everything it owns.
@@ -113,9 +126,10 @@ impl<M: StateMachine> NodeLoop<M> {
         log::info!("node {}: running on {:?}", self.id, self.listener.local_addr());
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         while !self.shared.stop.load(Ordering::Acquire) && !self.poisoned {
-            let timeout =
-                if self.busy { Duration::ZERO } else { self.next_tick.saturating_duration_since(Instant::now()) };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            let timeout = self.poll_timeout();
+            let polled = self.poll.poll(&mut events, Some(timeout));
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            if let Err(e) = polled {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
                 }
@@ -135,6 +149,20 @@ impl<M: StateMachine> NodeLoop<M> {
             self.turn(now);
         }
         self.shutdown();
+    }
+
+    /// How long to block in `poll`: until the next tick, or not at all if work is left
+    /// or a request arrived after the last drain.
+    fn poll_timeout(&mut self) -> Duration {
+        if self.busy {
+            return Duration::ZERO;
+        }
+        self.shared.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !self.requests.is_empty() {
+            return Duration::ZERO;
+        }
+        self.next_tick.saturating_duration_since(Instant::now())
     }
 
     /// One turn: timers, peer input, client requests, then the core's output, batched.
