@@ -189,6 +189,7 @@ impl<M: StateMachine> NodeLoop<M> {
             }
             self.core.tick();
             self.next_tick += self.tick;
+            self.peers.close_silent(self.poll.registry(), now);
             ticks += 1;
         }
     }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
@@ -32,6 +32,20 @@ struct Conn {
     conn: Connection,
     side: Side,
     interest: Interest,
+    opened_at: Instant,
+}
+
+/// An accepted connection must introduce itself (handshake and Hello) within this time,
+/// or it is closed: silent connections would otherwise hold file descriptors forever.
+const INTRODUCTION_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most accepted connections still waiting to introduce themselves; more are refused, so
+/// a flood of idle connections cannot exhaust the node's file descriptors.
+const UNINTRODUCED_MAX: usize = 64;
+
+impl Conn {
+    fn introduced(&self) -> bool {
+        !matches!(self.side, Side::Inbound { hello: false, .. })
+    }
 }
 
 /// Reconnect state of one peer.
@@ -156,6 +170,11 @@ impl Peers {
 
     /// Takes a connection a peer dialed to us.
     pub fn accept(&mut self, registry: &Registry, stream: TcpStream) {
+        let waiting = self.conns.values().filter(|c| !c.introduced()).count();
+        if waiting >= UNINTRODUCED_MAX {
+            log::warn!("node {}: {waiting} connections have not introduced themselves; refusing another", self.me.id);
+            return; // dropping the stream closes it
+        }
         let handshake = Handshake {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: self.me.cluster_id.clone(),
@@ -176,7 +195,7 @@ impl Peers {
         self.next_token += 1;
         let interest = conn.interest();
         registry.register(&mut conn, token, interest)?;
-        self.conns.insert(token, Conn { conn, side, interest });
+        self.conns.insert(token, Conn { conn, side, interest, opened_at: Instant::now() });
         Ok(token)
     }
 
@@ -194,6 +213,19 @@ impl Peers {
         }
         if let Err(reason) = self.read(token, inbox) {
             self.close(registry, token, now, &reason);
+        }
+    }
+
+    /// Closes accepted connections that did not introduce themselves in time.
+    pub fn close_silent(&mut self, registry: &Registry, now: Instant) {
+        let silent: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.introduced() && now.duration_since(c.opened_at) > INTRODUCTION_TIMEOUT)
+            .map(|(&t, _)| t)
+            .collect();
+        for token in silent {
+            self.close(registry, token, now, "no handshake in time");
         }
     }
 
