@@ -115,17 +115,33 @@ fn concurrent_writes(client: &Client<Counter>, threads: usize, duration: Duratio
     handles.into_iter().map(|h| h.join().unwrap()).sum()
 }
 
+/// CPU time (user + system) this process has used, from /proc (Linux); None elsewhere.
+/// Throughput on a small machine is bound by CPU per write, which is steadier than
+/// wall-clock rates on a noisy host.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10)) // USER_HZ is 100 on Linux
+}
+
 fn us(nanos: u64) -> f64 {
     nanos as f64 / 1000.0
 }
 
 fn main() {
     let duration = secs();
+    let cpu_before = cpu_time();
     let base = ping_pong(duration);
+    let cpu_per_round_trip =
+        cpu_time().zip(cpu_before).map(|(after, before)| (after - before).as_nanos() as f64 / base.len() as f64);
     let (nodes, client) = cluster();
     let writes = sequential_writes(&client, duration);
     let threads = 64;
+    let cpu_before = cpu_time();
     let total = concurrent_writes(&client, threads, duration);
+    let cpu_per_write =
+        cpu_time().zip(cpu_before).map(|(after, before)| (after - before).as_nanos() as f64 / total as f64);
     let throughput = total as f64 / duration.as_secs_f64();
     let base_rate = 1e9 / base.mean();
 
@@ -146,6 +162,16 @@ fn main() {
     );
     println!("quorate: {threads} client threads, 3 nodes on loopback");
     println!("  {throughput:.0} writes/s  =>  {:.2}x the ping-pong round-trip rate", throughput / base_rate);
+    if let (Some(cpu), Some(base_cpu)) = (cpu_per_write, cpu_per_round_trip) {
+        // All three nodes and the clients run in this process: this is the whole cluster's
+        // cost per write, against the CPU both ends of one ping-pong round trip use.
+        println!(
+            "  {:.1} us of CPU per write (3 nodes + clients)  =>  {:.2}x the CPU of one ping-pong round trip ({:.1} us)",
+            cpu / 1000.0,
+            cpu / base_cpu,
+            base_cpu / 1000.0
+        );
+    }
     drop(client);
     drop(nodes);
 }
