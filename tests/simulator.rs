@@ -7,7 +7,7 @@ mod support;
 
 use support::workload::{Scenario, run, run_seeds, seeds};
 
-const SEEDS_PER_TEST: u64 = 1000;
+const SEEDS_PER_TEST: u64 = 4000;
 const FAULT_TICKS: u64 = 600;
 
 fn scenario(nodes: u64, churn: bool) -> Scenario {
