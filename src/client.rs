@@ -24,17 +24,29 @@ pub struct Client<M: StateMachine> {
     tx: Sender<Request<M>>,
     shared: Arc<Shared>,
     timeout: Duration,
+    /// Largest encoded command: one AppendEntries must be able to carry it.
+    max_command_bytes: usize,
 }
 
 impl<M: StateMachine> Clone for Client<M> {
     fn clone(&self) -> Self {
-        Client { tx: self.tx.clone(), shared: self.shared.clone(), timeout: self.timeout }
+        Client {
+            tx: self.tx.clone(),
+            shared: self.shared.clone(),
+            timeout: self.timeout,
+            max_command_bytes: self.max_command_bytes,
+        }
     }
 }
 
 impl<M: StateMachine> Client<M> {
-    pub(crate) fn new(tx: Sender<Request<M>>, shared: Arc<Shared>, timeout: Duration) -> Client<M> {
-        Client { tx, shared, timeout }
+    pub(crate) fn new(
+        tx: Sender<Request<M>>,
+        shared: Arc<Shared>,
+        timeout: Duration,
+        max_command_bytes: usize,
+    ) -> Client<M> {
+        Client { tx, shared, timeout, max_command_bytes }
     }
 
     /// Replicates `command` and returns the state machine's answer once the leader has
@@ -44,9 +56,13 @@ impl<M: StateMachine> Client<M> {
     }
 
     /// [`Client::write`] with its own timeout. A timeout is indeterminate: the command may
-    /// still be applied.
+    /// still be applied. A command that encodes to more than
+    /// [`crate::Config::max_append_bytes`] is refused with [`Error::TooLarge`].
     pub fn write_timeout(&self, command: M::Command, timeout: Duration) -> Result<M::Response> {
         let command = rmp_serde::to_vec(&command).map_err(|e| Error::Codec(e.to_string()))?;
+        if command.len() > self.max_command_bytes {
+            return Err(Error::TooLarge { bytes: command.len(), max: self.max_command_bytes });
+        }
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.submit(Request::Write { command, reply: Reply::new(reply) })?;
         match rx.recv_timeout(timeout) {

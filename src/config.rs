@@ -112,7 +112,8 @@ impl Config {
         self
     }
 
-    /// Byte budget of one AppendEntries batch.
+    /// Byte budget of one AppendEntries batch, and so the largest command a client may
+    /// write (default 1 MiB). Must stay at least 64 KiB below `max_frame_bytes`.
     pub fn max_append_bytes(mut self, bytes: usize) -> Config {
         self.max_append_bytes = bytes;
         self

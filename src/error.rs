@@ -32,6 +32,14 @@ pub enum Error {
     Stopped,
     /// The node's request queue is full (backpressure); nothing was proposed. Retry later.
     Busy,
+    /// The encoded command is larger than one replication batch may carry
+    /// ([`crate::Config::max_append_bytes`]); nothing was proposed.
+    TooLarge {
+        /// The encoded command's size.
+        bytes: usize,
+        /// The largest command accepted.
+        max: usize,
+    },
     /// A leadership transfer is under way; the leader accepts no writes or changes until it
     /// ends (at most an election timeout). Nothing was proposed.
     TransferInProgress,
@@ -76,6 +84,7 @@ impl fmt::Display for Error {
             Error::LeadershipLost => write!(f, "leadership lost after proposing (the command may have been applied)"),
             Error::Stopped => write!(f, "the node is stopped"),
             Error::Busy => write!(f, "the node's request queue is full"),
+            Error::TooLarge { bytes, max } => write!(f, "command of {bytes} bytes exceeds the {max}-byte limit"),
             Error::TransferInProgress => write!(f, "a leadership transfer is in progress"),
             Error::ChangeInProgress => write!(f, "another membership change is in progress"),
             Error::NotCommittedInTerm => write!(f, "the leader has not committed an entry in its term yet"),

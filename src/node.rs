@@ -44,7 +44,7 @@ impl<M: StateMachine> Node<M> {
         let waker = Waker::new(poll.registry(), crate::runtime::WAKER)?;
         let shared = Arc::new(Shared { stop: AtomicBool::new(false), waker, sleeping: AtomicBool::new(false) });
         let (tx, rx) = crossbeam_channel::bounded(config.client_queue);
-        let client = Client::new(tx, shared.clone(), config.request_timeout);
+        let client = Client::new(tx, shared.clone(), config.request_timeout, config.max_append_bytes);
         let id = config.id;
         let node_loop = NodeLoop::new(&config, listener, poll, machine, rx, shared.clone());
         let thread = std::thread::Builder::new()

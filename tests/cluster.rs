@@ -191,3 +191,23 @@ fn a_slow_state_machine_does_not_lose_leadership() {
     let status = cluster.client(leader).status().unwrap();
     assert_eq!((status.role, status.term), (Role::Leader, term), "leadership changed while applying");
 }
+
+/// A command too large for one replication batch is refused up front (nothing proposed),
+/// instead of being appended and then never fitting in a frame, which would stall commits.
+#[test]
+fn an_oversized_command_is_refused_and_the_cluster_goes_on() {
+    let cluster = Cluster::start_with(3, |c| c.max_frame_bytes(256 << 10).max_append_bytes(64 << 10));
+    let leader = cluster.stable_leader();
+    let client = cluster.client(leader);
+    let big: Vec<u64> = (0..40_000).map(|v| v << 40).collect(); // ~360 KiB: more than a frame holds
+    match client.write(Cmd::Many(big)) {
+        Err(e @ Error::TooLarge { .. }) => assert!(!e.is_indeterminate()),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let fits: Vec<u64> = (0..1000).collect();
+    client.write(Cmd::Many(fits.clone())).expect("a command that fits");
+    client.write(Cmd::Put(7)).expect("the cluster still commits");
+    let mut expected = fits;
+    expected.push(7);
+    cluster.await_applied_everywhere(&expected);
+}

@@ -99,3 +99,70 @@ pub struct Envelope {
     /// The message.
     pub message: Message,
 }
+
+impl Message {
+    /// Checks the shape the core relies on: AppendEntries carries contiguous entries right
+    /// after `prev_log_index`, with terms that never decrease and never exceed the message's
+    /// term. The runtime rejects messages that fail this at the gateway (closing that
+    /// connection), so a misbehaving peer cannot trip the core's assertions.
+    pub fn check_well_formed(&self) -> Result<(), &'static str> {
+        match &self.kind {
+            MessageKind::AppendEntries(ae) => {
+                if ae.prev_log_term > self.term {
+                    return Err("prev_log_term above the message term");
+                }
+                let mut index = ae.prev_log_index;
+                let mut term = ae.prev_log_term;
+                for e in &ae.entries {
+                    if index.0 == u64::MAX || e.index != index.next() {
+                        return Err("entries are not contiguous after prev_log_index");
+                    }
+                    if e.term < term || e.term > self.term {
+                        return Err("entry terms decrease or exceed the message term");
+                    }
+                    index = e.index;
+                    term = e.term;
+                }
+                Ok(())
+            }
+            MessageKind::RequestVote(rv) if rv.last_log_term > self.term => Err("last_log_term above the term"),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::types::Payload;
+
+    fn ae(term: u64, prev: (u64, u64), entries: &[(u64, u64)]) -> Message {
+        let entries = entries
+            .iter()
+            .map(|&(index, term)| Entry { index: LogIndex(index), term: Term(term), payload: Payload::Noop })
+            .collect();
+        let ae = AppendEntries {
+            prev_log_index: LogIndex(prev.0),
+            prev_log_term: Term(prev.1),
+            entries,
+            leader_commit: LogIndex(0),
+        };
+        Message { term: Term(term), kind: MessageKind::AppendEntries(ae) }
+    }
+
+    #[test]
+    fn append_entries_shape_is_checked() {
+        let cases = [
+            (ae(3, (4, 2), &[(5, 2), (6, 3)]), true),
+            (ae(3, (4, 2), &[]), true),
+            (ae(3, (4, 2), &[(6, 2)]), false),         // gap
+            (ae(3, (4, 2), &[(5, 3), (6, 2)]), false), // terms decrease
+            (ae(3, (4, 2), &[(5, 4)]), false),         // term above the message's
+            (ae(3, (4, 5), &[]), false),               // prev term above the message's
+            (ae(3, (u64::MAX, 1), &[(0, 1)]), false),  // index overflow
+        ];
+        for (k, (msg, ok)) in cases.iter().enumerate() {
+            assert_eq!(msg.check_well_formed().is_ok(), *ok, "case {k}");
+        }
+    }
+}

@@ -163,6 +163,8 @@ pub struct Raft {
 
     ready: Ready,
     hard_dirty: bool,
+    /// Messages refused because they contradicted committed state (see `anomalies`).
+    anomalies: u64,
 }
 
 impl Raft {
@@ -200,6 +202,7 @@ impl Raft {
             pending_reads: VecDeque::new(),
             ready: Ready::default(),
             hard_dirty: false,
+            anomalies: 0,
         };
         raft.membership_index = raft.log.snapshot_index();
         raft.reload_membership();
@@ -253,6 +256,12 @@ impl Raft {
     /// The leader's view of `peer`'s log, if this server leads and `peer` is a member.
     pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
         self.progress.get(&peer)
+    }
+    /// How many messages this server refused because they contradicted its committed log.
+    /// A leader of this cluster never sends one (§5.4); a count above zero means a node of
+    /// another cluster shares this cluster's id, or a bug. The simulator requires zero.
+    pub fn anomalies(&self) -> u64 {
+        self.anomalies
     }
     /// The leadership transfer under way, if any.
     pub fn transfer_target(&self) -> Option<NodeId> {
@@ -318,6 +327,7 @@ impl Raft {
             ::log::warn!("node {}: dropping message claiming to come from {from}", self.cfg.id);
             return;
         }
+        debug_assert!(msg.check_well_formed().is_ok(), "the driver checks messages first");
         if !self.on_term(from, &msg) {
             return;
         }
@@ -424,6 +434,8 @@ impl Raft {
         self.membership = membership;
         if self.role == Role::Leader {
             self.sync_progress_with_membership();
+            // A voter that left may have been the ack a pending read was waiting for.
+            self.release_reads();
         }
     }
 

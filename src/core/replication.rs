@@ -31,7 +31,9 @@ impl Raft {
             }
         }
         let last_new = LogIndex(prev.0 + ae.entries.len() as u64);
-        self.append_from_leader(ae.entries);
+        if !self.append_from_leader(ae.entries) {
+            return;
+        }
         // Only entries known to match the leader's may be committed (Figure 2, rule 5).
         let commit = ae.leader_commit.min(last_new);
         self.advance_commit(commit);
@@ -41,21 +43,31 @@ impl Raft {
     }
 
     /// Stores the leader's entries, skipping those we already hold and truncating at the
-    /// first conflict (§5.3, Figure 2 rules 3 and 4).
-    fn append_from_leader(&mut self, entries: Vec<super::types::Entry>) {
+    /// first conflict (§5.3, Figure 2 rules 3 and 4). Returns false, storing nothing more,
+    /// if an entry conflicts with a committed one (see [`Raft::anomalies`]).
+    fn append_from_leader(&mut self, entries: Vec<super::types::Entry>) -> bool {
         let mut config_changed = false;
         let mut truncated = false;
         for entry in entries {
             match self.log.term_at(entry.index) {
                 Some(term) if term == entry.term => continue,
-                Some(_) => {
-                    assert!(
-                        entry.index > self.commit_index,
-                        "node {}: leader overwrites committed entry {} (commit {})",
+                Some(_) if entry.index <= self.commit_index => {
+                    // Impossible from a leader of this cluster (§5.4): committed entries
+                    // never change. A node of another cluster that shares our cluster id
+                    // could send it, so refuse the rest rather than die or diverge.
+                    ::log::error!(
+                        "node {}: a leader tried to overwrite committed entry {} (commit {}); ignoring it. Is a node of another cluster using the same cluster id?",
                         self.cfg.id,
                         entry.index,
                         self.commit_index
                     );
+                    self.anomalies += 1;
+                    if config_changed || truncated {
+                        self.reload_membership();
+                    }
+                    return false;
+                }
+                Some(_) => {
                     self.log.truncate_after(entry.index.prev());
                     truncated = true;
                 }
@@ -68,6 +80,7 @@ impl Raft {
         if config_changed || truncated {
             self.reload_membership();
         }
+        true
     }
 
     /// Handles a follower's answer to AppendEntries.
@@ -90,8 +103,9 @@ impl Raft {
             }
             return;
         }
-        // A rejection at or below what already matched is a stale answer.
-        if r.index <= pr.match_index {
+        // A rejection at or below what already matched is a stale answer; one beyond our
+        // log answers nothing we sent.
+        if r.index <= pr.match_index || r.index > last_index {
             return;
         }
         if pr.state == ReplicationState::Probe && r.index != pr.next_index.prev() {

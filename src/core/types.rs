@@ -61,13 +61,16 @@ pub enum Payload {
 }
 
 impl Payload {
-    /// Approximate encoded size, used for batch budgets.
+    /// An upper bound on the encoded size of an entry carrying this payload (term, index
+    /// and MessagePack headers included), used for batch budgets.
     pub fn size_bytes(&self) -> usize {
-        match self {
-            Payload::Noop => 1,
-            Payload::Command(bytes) => bytes.len() + 5,
-            Payload::Config(m) => 16 * (m.voters.len() + m.learners.len()) + 8,
-        }
+        const ENTRY_OVERHEAD_BYTES: usize = 32;
+        ENTRY_OVERHEAD_BYTES
+            + match self {
+                Payload::Noop => 1,
+                Payload::Command(bytes) => bytes.len() + 5,
+                Payload::Config(m) => m.members().map(|id| m.address(id).map_or(0, str::len) + 16).sum::<usize>() + 8,
+            }
     }
 }
 

@@ -11,7 +11,9 @@ use mio::{Interest, Registry, Token};
 
 use crate::core::{Message, NodeId};
 use crate::runtime::wire::{Hello, Wire};
-use crate::transport::{Backoff, Connection, ConnectionConfig, Handshake, PROTOCOL_VERSION, ReadOutcome};
+use crate::transport::{
+    Backoff, Connection, ConnectionConfig, Handshake, PROTOCOL_VERSION, ReadOutcome, TransportError,
+};
 
 /// Who this node is, as it introduces itself on every connection.
 pub(crate) struct Identity {
@@ -120,6 +122,11 @@ impl Peers {
         let conn = self.conns.get_mut(&token).expect("dialer tokens are live");
         match conn.conn.queue(&Wire::Raft(msg)) {
             Ok(()) => self.unflushed.push(token),
+            // Backpressure from a stuck peer is routine; a frame too large to send is a
+            // sizing bug that would stall replication, so it is loud.
+            Err(e @ TransportError::FrameTooLarge { .. }) => {
+                log::error!("node {}: message to {to} not sent: {e}", self.me.id)
+            }
             Err(e) => log::debug!("node {}: dropping message to {to}: {e}", self.me.id),
         }
     }
@@ -295,6 +302,7 @@ impl Peers {
                 Ok(())
             }
             (Side::Inbound { peer: Some(peer), hello: true }, Wire::Raft(msg)) => {
+                msg.check_well_formed().map_err(|why| format!("malformed Raft message from node {peer}: {why}"))?;
                 inbox.push((*peer, msg));
                 Ok(())
             }

@@ -81,6 +81,7 @@ impl Checker {
     pub fn check_node(&mut self, raft: &Raft, seen: &mut NodeCheck, log_changed_from: Option<LogIndex>) {
         raft.check_invariants();
         let id = raft.id();
+        assert_eq!(raft.anomalies(), 0, "node {id} was asked to overwrite a committed entry");
         let term = raft.current_term();
         if let Some(from) = log_changed_from {
             assert!(

@@ -22,6 +22,8 @@ pub enum Cmd {
     Put(u64),
     /// `apply` panics on this one.
     Explode,
+    /// Records many values at once (a large command).
+    Many(Vec<u64>),
     /// `apply` takes this many milliseconds (a slow state machine), then records the value.
     Slow(u64, u64),
 }
@@ -32,6 +34,7 @@ impl StateMachine for Recorder {
     fn apply(&mut self, cmd: Cmd) -> usize {
         match cmd {
             Cmd::Put(v) => self.applied.push(v),
+            Cmd::Many(vs) => self.applied.extend(vs),
             Cmd::Explode => panic!("state machine exploded (on purpose)"),
             Cmd::Slow(v, ms) => {
                 std::thread::sleep(std::time::Duration::from_millis(ms));

@@ -188,3 +188,17 @@ fn proposals_are_refused_during_a_transfer() {
     assert_eq!(c.node(1).transfer_target(), None, "aborted");
     assert!(c.node_mut(1).propose(b"x".to_vec()).is_ok());
 }
+
+/// ReadIndex across a membership change (dissertation §6.4 with §4.1): a read waiting for
+/// the acknowledgement of a voter that is then removed is confirmed by the configuration
+/// that remains (here the leader alone), instead of waiting forever.
+#[test]
+fn pending_read_is_released_when_the_awaited_voter_leaves() {
+    let mut r = steady_leader(cfg(1), 2);
+    r.read_index(42).unwrap();
+    let ready = r.take_ready();
+    assert!(ready.reads.is_empty(), "node 2 has not confirmed yet");
+    r.remove_server(2).unwrap();
+    let ready = r.take_ready();
+    assert_eq!(ready.reads.iter().map(|s| s.ctx).collect::<Vec<_>>(), [42], "read 42 must be released");
+}
