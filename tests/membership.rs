@@ -7,14 +7,13 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use quorate::{Client, Error, Node, NodeId, Role};
+use quorate::{Error, Node, NodeId, Role};
 use support::cluster::{Cluster, Cmd, HeldNode, PATIENCE, Recorder, listeners, test_config, wait_until};
-use support::proxy::Proxy;
+use support::writer::{Clients, Writer, check_history, start_proxied};
 
 fn init_log() {
     let _ = env_logger::builder().is_test(true).try_init();
@@ -59,108 +58,6 @@ fn retry_not_committed<T>(what: &str, mut f: impl FnMut() -> quorate::Result<T>)
             Err(Error::NotCommittedInTerm) => panic!("{what}: the leader never committed in its term"),
             other => return other,
         }
-    }
-}
-
-/// Checks that `applied` holds every acknowledged value, in order, and that it is
-/// strictly increasing: one writer writes increasing values one at a time and never
-/// resends one, so any other order would reorder writes.
-fn check_history(applied: &[u64], acked: &[u64]) {
-    assert!(applied.windows(2).all(|w| w[0] < w[1]), "applied out of order or twice: {applied:?}");
-    let mut it = applied.iter();
-    for v in acked {
-        assert!(it.any(|a| a == v), "acknowledged write {v} is missing from the final state {applied:?}");
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// A background writer that follows the leader.
-
-type Clients = Arc<Mutex<BTreeMap<NodeId, Client<Recorder>>>>;
-
-struct Writer {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<u64>>>,
-    thread: JoinHandle<WriterStats>,
-}
-
-#[derive(Debug, Default)]
-struct WriterStats {
-    next: u64,
-    redirects: u64,
-    indeterminate: u64,
-    other: u64,
-}
-
-impl Writer {
-    /// Writes `Put(1)`, `Put(2)`, ... to the leader among `clients` (which the test may
-    /// change), following redirects and retrying with the next value after any error.
-    fn spawn(clients: Clients) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let (stop, acked) = (stop.clone(), acked.clone());
-            std::thread::spawn(move || {
-                let mut stats = WriterStats { next: 1, ..WriterStats::default() };
-                let mut target: NodeId = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    let client = {
-                        let map = clients.lock().unwrap();
-                        match map.get(&target) {
-                            Some(c) => c.clone(),
-                            None => {
-                                let (&id, c) = map.iter().next().expect("some node");
-                                target = id;
-                                c.clone()
-                            }
-                        }
-                    };
-                    let v = stats.next;
-                    stats.next += 1;
-                    match client.write_timeout(Cmd::Put(v), Duration::from_secs(3)) {
-                        Ok(_) => acked.lock().unwrap().push(v),
-                        Err(Error::Redirect { leader: Some(p) }) if p.id != target => {
-                            stats.redirects += 1;
-                            target = p.id;
-                        }
-                        Err(e) => {
-                            if e.is_indeterminate() {
-                                stats.indeterminate += 1;
-                            } else if matches!(e, Error::Redirect { .. }) {
-                                stats.redirects += 1;
-                            } else {
-                                stats.other += 1;
-                            }
-                            // Try the next node; pace retries while no leader is known.
-                            let map = clients.lock().unwrap();
-                            target =
-                                map.keys().copied().find(|&id| id > target).or(map.keys().next().copied()).unwrap();
-                            drop(map);
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                    }
-                }
-                stats
-            })
-        };
-        Writer { stop, acked, thread }
-    }
-
-    fn acked_len(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    /// Waits until `more` further writes have been acknowledged.
-    fn await_progress(&self, more: usize, what: &str) {
-        let target = self.acked_len() + more;
-        wait_until(&format!("{more} more writes are acknowledged ({what})"), || self.acked_len() >= target);
-    }
-
-    fn finish(self) -> (Vec<u64>, WriterStats) {
-        self.stop.store(true, Ordering::SeqCst);
-        let stats = self.thread.join().expect("writer thread");
-        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
-        (acked, stats)
     }
 }
 
@@ -482,33 +379,6 @@ fn transfer_leadership_to_each_member() {
 
 // ---------------------------------------------------------------------------------------
 // 6. A partitioned old leader cannot serve a linearizable read.
-
-/// Nodes `1..=n`, where node `i` reaches node `j` through its own proxy `(i, j)`.
-fn start_proxied(n: usize) -> (Cluster, BTreeMap<(NodeId, NodeId), Proxy>) {
-    let ls = listeners(n);
-    let addrs: BTreeMap<NodeId, SocketAddr> =
-        ls.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap())).collect();
-    let mut proxies = BTreeMap::new();
-    for &i in addrs.keys() {
-        for (&j, &addr) in &addrs {
-            if i != j {
-                proxies.insert((i, j), Proxy::start(addr));
-            }
-        }
-    }
-    let mut nodes = BTreeMap::new();
-    for (i, l) in ls.into_iter().enumerate() {
-        let id = i as u64 + 1;
-        let mut config = test_config(id, addrs[&id]);
-        for &peer in addrs.keys() {
-            if peer != id {
-                config = config.peer(peer, proxies[&(id, peer)].addr());
-            }
-        }
-        nodes.insert(id, Node::start_with_listener(config, l, Recorder::default()).expect("start node"));
-    }
-    (Cluster { nodes, addrs }, proxies)
-}
 
 #[test]
 fn a_partitioned_leader_serves_no_linearizable_read() {
