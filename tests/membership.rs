@@ -28,24 +28,6 @@ fn start_joiner(id: NodeId) -> (Node<Recorder>, SocketAddr) {
     (node, addr)
 }
 
-/// Waits until exactly one of `ids` leads and all of `ids` agree on it.
-fn leader_among(cluster: &Cluster, ids: &[NodeId]) -> NodeId {
-    let mut found = 0;
-    wait_until(&format!("nodes {ids:?} agree on one leader among them"), || {
-        let statuses: Vec<_> = ids.iter().filter_map(|id| cluster.client(*id).status().ok()).collect();
-        if statuses.len() != ids.len() {
-            return false;
-        }
-        let leaders: Vec<_> = statuses.iter().filter(|s| s.role == Role::Leader).map(|s| s.id).collect();
-        if leaders.len() != 1 || statuses.iter().any(|s| s.leader != Some(leaders[0])) {
-            return false;
-        }
-        found = leaders[0];
-        true
-    });
-    found
-}
-
 /// Calls `f` until it stops answering `NotCommittedInTerm` (a fresh leader must commit
 /// its no-op before it may change membership; the error says "retry shortly").
 fn retry_not_committed<T>(what: &str, mut f: impl FnMut() -> quorate::Result<T>) -> quorate::Result<T> {
@@ -64,7 +46,7 @@ fn retry_not_committed<T>(what: &str, mut f: impl FnMut() -> quorate::Result<T>)
 /// Writes a last value on the leader and returns the leader's state once that value is
 /// applied: every entry from before is decided by then, so nothing can still change.
 fn final_state(cluster: &Cluster, ids: &[NodeId], sentinel: u64) -> Vec<u64> {
-    let leader = leader_among(cluster, ids);
+    let leader = cluster.leader_among(ids);
     let client = cluster.client(leader);
     client.write(Cmd::Put(sentinel)).expect("sentinel write on the leader");
     client.read(|m: &Recorder| m.applied.clone()).expect("read on the leader")
@@ -98,10 +80,10 @@ fn exraft_readme_scenario() {
     assert!(matches!(c3.trigger_election(), Err(Error::NotAVoter)), "a join() node not yet added has no vote");
 
     // As in the README, node 1 leads (if node 2 won the first election, hand over).
-    if leader_among(&cluster, &[1, 2]) == 2 {
+    if cluster.leader_among(&[1, 2]) == 2 {
         cluster.client(2).transfer_leadership(1).expect("transfer to node 1");
     }
-    let leader = leader_among(&cluster, &[1, 2]);
+    let leader = cluster.leader_among(&[1, 2]);
     assert_eq!(leader, 1);
     let lc = cluster.client(leader);
     retry_not_committed("add_server(3)", || lc.add_server(3, a3)).expect("add_server(3) on the leader");
@@ -128,7 +110,7 @@ fn exraft_readme_scenario() {
     cluster.stop(leader);
     c3.trigger_election().expect("node 3 campaigns");
     let rest: Vec<NodeId> = cluster.nodes.keys().copied().collect();
-    let new = leader_among(&cluster, &rest);
+    let new = cluster.leader_among(&rest);
     assert!(new == 2 || new == 3, "the new leader is 2 or 3, got {new}");
     for v in 11..=20 {
         cluster.client(new).write(Cmd::Put(v)).expect("write after failover");
@@ -156,7 +138,7 @@ fn grow_and_shrink_under_writes() {
         let (node, addr) = start_joiner(id);
         cluster.nodes.insert(id, node);
         cluster.addrs.insert(id, addr);
-        let leader = leader_among(&cluster, &voters);
+        let leader = cluster.leader_among(&voters);
         let lc = cluster.client(leader);
         retry_not_committed(&format!("add_server({id})"), || lc.add_server(id, addr)).expect("add_server");
         voters.push(id);
@@ -170,10 +152,10 @@ fn grow_and_shrink_under_writes() {
     }
 
     // Shrink by removing two of the original followers: the new nodes must carry on.
-    let leader_now = leader_among(&cluster, &voters);
+    let leader_now = cluster.leader_among(&voters);
     let victims: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&id| id != leader_now).collect();
     for victim in victims {
-        let leader = leader_among(&cluster, &voters);
+        let leader = cluster.leader_among(&voters);
         assert_ne!(leader, victim);
         let lc = cluster.client(leader);
         retry_not_committed(&format!("remove_server({victim})"), || lc.remove_server(victim)).expect("remove_server");
@@ -210,7 +192,7 @@ fn removing_the_leader_hands_over() {
     retry_not_committed("remove_server(leader)", || oc.remove_server(old)).expect("the leader removes itself");
 
     let rest: Vec<NodeId> = cluster.nodes.keys().copied().filter(|&id| id != old).collect();
-    let new = leader_among(&cluster, &rest);
+    let new = cluster.leader_among(&rest);
     assert_ne!(new, old);
     let s = cluster.client(new).status().unwrap();
     assert!(s.members.iter().all(|m| m.id != old), "the removed leader is still a member: {:?}", s.members);
@@ -221,7 +203,7 @@ fn removing_the_leader_hands_over() {
         acked.push(v);
     }
     assert_ne!(oc.status().unwrap().role, Role::Leader, "the removed node leads again");
-    assert_eq!(leader_among(&cluster, &rest), new, "the removed node disturbed the leadership");
+    assert_eq!(cluster.leader_among(&rest), new, "the removed node disturbed the leadership");
     let applied = cluster.client(new).read(|m: &Recorder| m.applied.clone()).unwrap();
     assert_eq!(applied, acked);
     cluster.stop(old);
@@ -242,7 +224,7 @@ fn removing_the_leader_under_writes() {
     retry_not_committed("remove_server(leader)", || oc.remove_server(old)).expect("the leader removes itself");
     clients.lock().unwrap().remove(&old);
     let rest: Vec<NodeId> = cluster.nodes.keys().copied().filter(|&id| id != old).collect();
-    let new = leader_among(&cluster, &rest);
+    let new = cluster.leader_among(&rest);
     assert!(cluster.client(new).status().unwrap().members.iter().all(|m| m.id != old));
     writer.await_progress(50, "after removing the leader");
     let (acked, stats) = writer.finish();
@@ -264,7 +246,7 @@ fn removing_the_leader_of_two_leaves_the_other_leading() {
     cluster.client(old).write(Cmd::Put(1)).expect("write");
     let oc = cluster.client(old);
     retry_not_committed("remove_server(leader)", || oc.remove_server(old)).expect("the leader removes itself");
-    assert_eq!(leader_among(&cluster, &[other]), other);
+    assert_eq!(cluster.leader_among(&[other]), other);
     let s = cluster.client(other).status().unwrap();
     assert_eq!(s.voters(), vec![other]);
     assert!(s.learners().is_empty());
@@ -415,7 +397,7 @@ fn a_partitioned_leader_serves_no_linearizable_read() {
         std::thread::spawn(move || oc.write(Cmd::Put(LOST)))
     };
 
-    let new = leader_among(&cluster, &followers);
+    let new = cluster.leader_among(&followers);
     let nc = cluster.client(new);
     for v in 6..=10 {
         nc.write(Cmd::Put(v)).expect("write on the new leader");

@@ -104,9 +104,18 @@ impl Cluster {
 
     /// Waits until exactly one running node leads and all running nodes agree on it.
     pub fn stable_leader(&self) -> NodeId {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        self.leader_among(&ids)
+    }
+
+    /// Waits until exactly one of `ids` leads and all of `ids` agree on it.
+    pub fn leader_among(&self, ids: &[NodeId]) -> NodeId {
         let mut found = 0;
-        wait_until("the nodes agree on one leader", || {
-            let statuses: Vec<_> = self.nodes.values().filter_map(|n| n.client().status().ok()).collect();
+        wait_until(&format!("nodes {ids:?} agree on one leader among them"), || {
+            let statuses: Vec<_> = ids.iter().filter_map(|id| self.client(*id).status().ok()).collect();
+            if statuses.len() != ids.len() {
+                return false;
+            }
             let leaders: Vec<_> = statuses.iter().filter(|s| s.role == Role::Leader).map(|s| s.id).collect();
             if leaders.len() != 1 || statuses.iter().any(|s| s.leader != Some(leaders[0])) {
                 return false;
