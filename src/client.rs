@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::runtime::Shared;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 
 use crate::core::NodeId;
 use crate::error::{Error, Result};
-use crate::runtime::request::{Reply, Request};
+use crate::runtime::request::{Reply, Request, reply_slot};
 use crate::state_machine::StateMachine;
 use crate::status::Status;
 
@@ -63,14 +63,9 @@ impl<M: StateMachine> Client<M> {
         if command.len() > self.max_command_bytes {
             return Err(Error::TooLarge { bytes: command.len(), max: self.max_command_bytes });
         }
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        self.submit(Request::Write { command, reply: Reply::new(reply) })?;
-        match rx.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout),
-            // The node went away after accepting the command: it may have been proposed.
-            Err(RecvTimeoutError::Disconnected) => Err(Error::LeadershipLost),
-        }
+        let (reply, answer) = reply_slot();
+        self.submit(Request::Write { command, reply })?;
+        answer.wait(timeout)
     }
 
     /// Runs `f` on the leader's state machine after confirming leadership with a majority
@@ -100,20 +95,18 @@ impl<M: StateMachine> Client<M> {
         R: Send + 'static,
         F: FnOnce(&M) -> R + Send + 'static,
     {
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        let read = Box::new(move |machine: Result<&M>| {
-            let _ = reply.send(machine.map(f));
-        });
+        let (reply, answer) = reply_slot();
+        let read = Box::new(move |machine: Result<&M>| reply.send(machine.map(f)));
         self.submit(make(read))?;
-        Self::wait(rx, self.timeout)
+        answer.wait(self.timeout)
     }
 
     /// Waits until this node knows a leader and returns its id. On a `join()` node not yet
     /// added, it waits and ends in `Timeout`.
     pub fn await_leader(&self, timeout: Duration) -> Result<NodeId> {
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        self.submit(Request::AwaitLeader { timeout, reply: Reply::new(reply) })?;
-        Self::wait(rx, timeout)
+        let (reply, answer) = reply_slot();
+        self.submit(Request::AwaitLeader { timeout, reply })?;
+        answer.wait(timeout)
     }
 
     /// The leader this node knows of right now, if any.
@@ -151,17 +144,9 @@ impl<M: StateMachine> Client<M> {
     }
 
     fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request<M>) -> Result<T> {
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        self.submit(make(Reply::new(reply)))?;
-        Self::wait(rx, self.timeout)
-    }
-
-    fn wait<T>(rx: Receiver<Result<T>>, timeout: Duration) -> Result<T> {
-        match rx.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Stopped),
-        }
+        let (reply, answer) = reply_slot();
+        self.submit(make(reply))?;
+        answer.wait(self.timeout)
     }
 
     fn submit(&self, request: Request<M>) -> Result<()> {

@@ -1,8 +1,10 @@
 //! What clients ask of the node thread, and how it answers.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use parking_lot::{Condvar, Mutex};
 
 use crate::core::NodeId;
 use crate::error::{Error, Result};
@@ -12,19 +14,58 @@ use crate::status::Status;
 /// A closure that runs on the node thread against the state machine, or learns why not.
 pub(crate) type ReadFn<M> = Box<dyn FnOnce(Result<&M>) + Send>;
 
-/// The answer channel of one request. If dropped unanswered (the node stopped with the
-/// request still queued, say), it answers by itself: `Stopped` if nothing was proposed,
-/// `LeadershipLost` once the request was proposed — so a client never gets a wrong answer.
+/// Where one answer lands: the node thread fills it, the client waits on it. A mutex and
+/// a condition variable, not a channel: a blocked client then sleeps instead of spinning
+/// on the node threads' cores.
+struct Slot<T> {
+    value: Mutex<Option<Result<T>>>,
+    filled: Condvar,
+}
+
+impl<T> Slot<T> {
+    fn fill(&self, result: Result<T>) {
+        *self.value.lock() = Some(result);
+        self.filled.notify_one();
+    }
+}
+
+/// A fresh answer slot: the node thread's end and the client's end.
+pub(crate) fn reply_slot<T>() -> (Reply<T>, Answer<T>) {
+    let slot = Arc::new(Slot { value: Mutex::new(None), filled: Condvar::new() });
+    (Reply { slot: Some(slot.clone()), proposed: false }, Answer { slot })
+}
+
+/// The client's end of an answer slot.
+pub(crate) struct Answer<T> {
+    slot: Arc<Slot<T>>,
+}
+
+impl<T> Answer<T> {
+    /// Waits up to `timeout` for the answer.
+    pub fn wait(self, timeout: Duration) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        let mut value = self.slot.value.lock();
+        loop {
+            if let Some(result) = value.take() {
+                return result;
+            }
+            if self.slot.filled.wait_until(&mut value, deadline).timed_out() {
+                return value.take().unwrap_or(Err(Error::Timeout));
+            }
+        }
+    }
+}
+
+/// The node thread's end of an answer slot. If dropped unanswered (the node stopped with
+/// the request still queued, say), it answers by itself: `Stopped` if nothing was
+/// proposed, `LeadershipLost` once the request was proposed — so a client never gets a
+/// wrong answer, and never waits on an answer that cannot come.
 pub(crate) struct Reply<T> {
-    tx: Option<Sender<Result<T>>>,
+    slot: Option<Arc<Slot<T>>>,
     proposed: bool,
 }
 
 impl<T> Reply<T> {
-    pub fn new(tx: Sender<Result<T>>) -> Reply<T> {
-        Reply { tx: Some(tx), proposed: false }
-    }
-
     /// Marks the request as handed to Raft: from now on it may take effect.
     pub fn proposed(mut self) -> Reply<T> {
         self.proposed = true;
@@ -33,16 +74,16 @@ impl<T> Reply<T> {
 
     /// Answers the client (who may have given up waiting: that is fine).
     pub fn send(mut self, result: Result<T>) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(result);
+        if let Some(slot) = self.slot.take() {
+            slot.fill(result);
         }
     }
 }
 
 impl<T> Drop for Reply<T> {
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Err(if self.proposed { Error::LeadershipLost } else { Error::Stopped }));
+        if let Some(slot) = self.slot.take() {
+            slot.fill(Err(if self.proposed { Error::LeadershipLost } else { Error::Stopped }));
         }
     }
 }

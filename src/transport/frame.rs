@@ -86,16 +86,20 @@ fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, TransportError> {
 /// the connection must be closed.
 #[derive(Debug)]
 pub struct FrameDecoder {
+    /// Always initialized up to its length, so reads need not zero it again: only growth
+    /// is zeroed. Buffered bytes are `buf[start..end]`.
     buf: Vec<u8>,
     /// Offset of the first unconsumed byte; consumed bytes are dropped lazily.
     start: usize,
+    /// End of the buffered bytes. Invariant: `start <= end <= buf.len()`.
+    end: usize,
     max_frame_bytes: usize,
 }
 
 impl FrameDecoder {
     /// Creates a decoder that refuses frame bodies longer than `max_frame_bytes`.
     pub fn new(max_frame_bytes: usize) -> Self {
-        Self { buf: Vec::new(), start: 0, max_frame_bytes }
+        Self { buf: Vec::new(), start: 0, end: 0, max_frame_bytes }
     }
 
     /// Changes the largest frame body accepted from now on.
@@ -105,14 +109,14 @@ impl FrameDecoder {
 
     /// Bytes received but not yet returned as frames.
     pub fn buffered_len(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// Bytes still missing before the next frame is complete: the rest of the length
     /// prefix if it has not fully arrived, else the rest of the body. Saturates at 0.
     pub fn bytes_needed(&self) -> usize {
         let buffered = self.buffered_len();
-        let wanted = match self.buf.get(self.start..self.start + LEN_PREFIX_BYTES) {
+        let wanted = match self.buf[..self.end].get(self.start..self.start + LEN_PREFIX_BYTES) {
             Some(prefix) => LEN_PREFIX_BYTES + prefix_value(prefix),
             None => LEN_PREFIX_BYTES,
         };
@@ -122,7 +126,9 @@ impl FrameDecoder {
     /// Appends bytes received by other means.
     pub fn push(&mut self, bytes: &[u8]) {
         self.compact();
-        self.buf.extend_from_slice(bytes);
+        self.reserve(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
     }
 
     /// Makes one `read` call on `src` for at most `limit` bytes (capped at an internal
@@ -130,12 +136,19 @@ impl FrameDecoder {
     /// `Ok(0)` means end of stream (or `limit == 0`).
     pub fn read_from<R: Read + ?Sized>(&mut self, src: &mut R, limit: usize) -> io::Result<usize> {
         self.compact();
-        let old_len = self.buf.len();
-        self.buf.resize(old_len + limit.min(READ_CHUNK_BYTES), 0);
-        let result = src.read(&mut self.buf[old_len..]);
-        let n = *result.as_ref().unwrap_or(&0);
-        self.buf.truncate(old_len + n);
+        let want = limit.min(READ_CHUNK_BYTES);
+        self.reserve(want);
+        let result = src.read(&mut self.buf[self.end..self.end + want]);
+        self.end += *result.as_ref().unwrap_or(&0);
+        debug_assert!(self.end <= self.buf.len());
         result
+    }
+
+    /// Makes `buf[end..end + n]` available, zeroing only newly grown bytes.
+    fn reserve(&mut self, n: usize) {
+        if self.buf.len() < self.end + n {
+            self.buf.resize(self.end + n, 0);
+        }
     }
 
     /// Returns the next complete frame decoded as `T`, or `None` if more bytes are needed.
@@ -147,7 +160,7 @@ impl FrameDecoder {
         };
         let body_start = self.start + LEN_PREFIX_BYTES;
         let body_end = body_start + len;
-        if self.buf.len() < body_end {
+        if self.end < body_end {
             return Ok(None);
         }
         self.start = body_end;
@@ -158,7 +171,7 @@ impl FrameDecoder {
 
     /// The length of the next frame's body, once its prefix has fully arrived.
     fn peek_len(&self) -> Result<Option<usize>, TransportError> {
-        let Some(prefix) = self.buf.get(self.start..self.start + LEN_PREFIX_BYTES) else {
+        let Some(prefix) = self.buf[..self.end].get(self.start..self.start + LEN_PREFIX_BYTES) else {
             return Ok(None);
         };
         let len = prefix_value(prefix);
@@ -171,16 +184,18 @@ impl FrameDecoder {
     /// Drops consumed bytes so the buffer does not grow with the total traffic.
     fn compact(&mut self) {
         if self.start > 0 {
-            self.buf.drain(..self.start);
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
     }
 
     fn release_if_empty(&mut self) {
-        if self.start == self.buf.len() {
-            self.buf.clear();
+        if self.start == self.end {
             self.start = 0;
-            if self.buf.capacity() > RETAINED_CAPACITY_BYTES {
+            self.end = 0;
+            if self.buf.len() > RETAINED_CAPACITY_BYTES {
+                self.buf.truncate(RETAINED_CAPACITY_BYTES);
                 self.buf.shrink_to(RETAINED_CAPACITY_BYTES);
             }
         }
