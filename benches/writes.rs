@@ -97,6 +97,26 @@ fn sequential_writes(client: &Client<Counter>, duration: Duration) -> Histogram<
     hist
 }
 
+/// One client thread keeping `window` writes in flight with `submit`.
+fn pipelined_writes(client: &Client<Counter>, window: usize, duration: Duration) -> u64 {
+    let mut in_flight = std::collections::VecDeque::with_capacity(window);
+    let mut done = 0u64;
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        if in_flight.len() == window {
+            let oldest: quorate::PendingWrite<u64> = in_flight.pop_front().unwrap();
+            oldest.wait().unwrap();
+            done += 1;
+        }
+        in_flight.push_back(client.submit(Add(1)).unwrap());
+    }
+    for p in in_flight {
+        p.wait().unwrap();
+        done += 1;
+    }
+    done
+}
+
 fn concurrent_writes(client: &Client<Counter>, threads: usize, duration: Duration) -> u64 {
     let end = Instant::now() + duration;
     let handles: Vec<_> = (0..threads)
@@ -170,6 +190,22 @@ fn main() {
             cpu / 1000.0,
             cpu / base_cpu,
             base_cpu / 1000.0
+        );
+    }
+    let window = 256;
+    let cpu_before = cpu_time();
+    let started = Instant::now();
+    let pipelined = pipelined_writes(&client, window, duration);
+    let elapsed = started.elapsed();
+    let cpu = cpu_time().zip(cpu_before).map(|(after, before)| (after - before).as_nanos() as f64 / pipelined as f64);
+    let rate = pipelined as f64 / elapsed.as_secs_f64();
+    println!("quorate: one client thread, {window} writes in flight (submit/wait), 3 nodes on loopback");
+    println!("  {rate:.0} writes/s  =>  {:.2}x the ping-pong round-trip rate", rate / base_rate);
+    if let (Some(cpu), Some(base_cpu)) = (cpu, cpu_per_round_trip) {
+        println!(
+            "  {:.1} us of CPU per write  =>  {:.2}x the CPU of one ping-pong round trip",
+            cpu / 1000.0,
+            cpu / base_cpu
         );
     }
     drop(client);

@@ -2,14 +2,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::runtime::Shared;
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::core::NodeId;
 use crate::error::{Error, Result};
-use crate::runtime::request::{Reply, Request, reply_slot};
+use crate::runtime::request::{Answer, Reply, Request, reply_slot};
 use crate::state_machine::StateMachine;
 use crate::status::Status;
 
@@ -59,13 +59,28 @@ impl<M: StateMachine> Client<M> {
     /// still be applied. A command that encodes to more than
     /// [`crate::Config::max_append_bytes`] is refused with [`Error::TooLarge`].
     pub fn write_timeout(&self, command: M::Command, timeout: Duration) -> Result<M::Response> {
+        self.submit_timeout(command, timeout)?.wait()
+    }
+
+    /// Hands `command` to the node and returns at once, so one thread can keep many writes
+    /// in flight (pipelining); [`PendingWrite::wait`] returns the answer. Writes submitted
+    /// through one node are proposed, and so applied, in submission order. Errors that
+    /// need no round trip (`TooLarge`, `Busy`, `Stopped`) come back here; the rest, such
+    /// as `Redirect`, from `wait`.
+    pub fn submit(&self, command: M::Command) -> Result<PendingWrite<M::Response>> {
+        self.submit_timeout(command, self.timeout)
+    }
+
+    /// [`Client::submit`] whose answer is awaited at most `timeout` from now.
+    pub fn submit_timeout(&self, command: M::Command, timeout: Duration) -> Result<PendingWrite<M::Response>> {
+        let deadline = Instant::now() + timeout;
         let command = rmp_serde::to_vec(&command).map_err(|e| Error::Codec(e.to_string()))?;
         if command.len() > self.max_command_bytes {
             return Err(Error::TooLarge { bytes: command.len(), max: self.max_command_bytes });
         }
         let (reply, answer) = reply_slot();
-        self.submit(Request::Write { command, reply })?;
-        answer.wait(timeout)
+        self.enqueue(Request::Write { command, reply })?;
+        Ok(PendingWrite { answer, deadline })
     }
 
     /// Runs `f` on the leader's state machine after confirming leadership with a majority
@@ -97,7 +112,7 @@ impl<M: StateMachine> Client<M> {
     {
         let (reply, answer) = reply_slot();
         let read = Box::new(move |machine: Result<&M>| reply.send(machine.map(f)));
-        self.submit(make(read))?;
+        self.enqueue(make(read))?;
         answer.wait(self.timeout)
     }
 
@@ -105,7 +120,7 @@ impl<M: StateMachine> Client<M> {
     /// added, it waits and ends in `Timeout`.
     pub fn await_leader(&self, timeout: Duration) -> Result<NodeId> {
         let (reply, answer) = reply_slot();
-        self.submit(Request::AwaitLeader { timeout, reply })?;
+        self.enqueue(Request::AwaitLeader { timeout, reply })?;
         answer.wait(timeout)
     }
 
@@ -145,11 +160,11 @@ impl<M: StateMachine> Client<M> {
 
     fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request<M>) -> Result<T> {
         let (reply, answer) = reply_slot();
-        self.submit(make(reply))?;
+        self.enqueue(make(reply))?;
         answer.wait(self.timeout)
     }
 
-    fn submit(&self, request: Request<M>) -> Result<()> {
+    fn enqueue(&self, request: Request<M>) -> Result<()> {
         match self.tx.try_send(request) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(Error::Busy),
@@ -157,5 +172,20 @@ impl<M: StateMachine> Client<M> {
         }
         // A failed wake means the poller is gone: the node has stopped.
         self.shared.wake().map_err(|_| Error::Stopped)
+    }
+}
+
+/// A write handed to the node by [`Client::submit`], whose answer is still to come.
+#[must_use = "a submitted write is only known to have succeeded once `wait` says so"]
+pub struct PendingWrite<R> {
+    answer: Answer<R>,
+    deadline: Instant,
+}
+
+impl<R> PendingWrite<R> {
+    /// Waits for the answer until the deadline set at submission. A `Timeout` is
+    /// indeterminate: the write may still be applied.
+    pub fn wait(self) -> Result<R> {
+        self.answer.wait(self.deadline.saturating_duration_since(Instant::now()))
     }
 }

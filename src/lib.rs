@@ -53,7 +53,7 @@ mod state_machine;
 mod status;
 pub mod transport;
 
-pub use client::Client;
+pub use client::{Client, PendingWrite};
 pub use config::Config;
 pub use core::{NodeId, Role};
 pub use error::{Error, Peer, Result};

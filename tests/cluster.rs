@@ -211,3 +211,22 @@ fn an_oversized_command_is_refused_and_the_cluster_goes_on() {
     expected.push(7);
     cluster.await_applied_everywhere(&expected);
 }
+
+/// One thread keeps many writes in flight with `submit`; they apply in submission order
+/// and each answer matches its own write.
+#[test]
+fn pipelined_writes_apply_in_submission_order() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.stable_leader();
+    let client = cluster.client(leader);
+    let pending: Vec<_> = (1..=500).map(|v| client.submit(Cmd::Put(v)).expect("submitted")).collect();
+    for (k, p) in pending.into_iter().enumerate() {
+        assert_eq!(p.wait().expect("pipelined write"), k + 1, "answers match their writes");
+    }
+    let expected: Vec<u64> = (1..=500).collect();
+    cluster.await_applied_everywhere(&expected);
+    // On a follower the redirect arrives through `wait`.
+    let follower = *cluster.nodes.keys().find(|&&id| id != leader).unwrap();
+    let p = cluster.client(follower).submit(Cmd::Put(0)).expect("submitted");
+    assert!(matches!(p.wait(), Err(Error::Redirect { leader: Some(peer) }) if peer.id == leader));
+}
