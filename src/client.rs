@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::runtime::Shared;
-use crossbeam_channel::{Sender, TrySendError};
+use std::sync::atomic::{Ordering, fence};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::core::NodeId;
 use crate::error::{Error, Result};
-use crate::runtime::request::{Answer, Reply, Request, reply_slot};
+use crate::runtime::request::{Answer, Reply, Request, deadline_after, reply_slot};
 use crate::state_machine::StateMachine;
 use crate::status::Status;
 
@@ -22,6 +24,8 @@ use crate::status::Status;
 /// it is full a call returns [`Error::Busy`] at once, having proposed nothing.
 pub struct Client<M: StateMachine> {
     tx: Sender<Request<M>>,
+    /// Used only to drain the queue once the node thread has exited.
+    rx: Receiver<Request<M>>,
     shared: Arc<Shared>,
     timeout: Duration,
     /// Largest encoded command: one AppendEntries must be able to carry it.
@@ -32,6 +36,7 @@ impl<M: StateMachine> Clone for Client<M> {
     fn clone(&self) -> Self {
         Client {
             tx: self.tx.clone(),
+            rx: self.rx.clone(),
             shared: self.shared.clone(),
             timeout: self.timeout,
             max_command_bytes: self.max_command_bytes,
@@ -42,11 +47,12 @@ impl<M: StateMachine> Clone for Client<M> {
 impl<M: StateMachine> Client<M> {
     pub(crate) fn new(
         tx: Sender<Request<M>>,
+        rx: Receiver<Request<M>>,
         shared: Arc<Shared>,
         timeout: Duration,
         max_command_bytes: usize,
     ) -> Client<M> {
-        Client { tx, shared, timeout, max_command_bytes }
+        Client { tx, rx, shared, timeout, max_command_bytes }
     }
 
     /// Replicates `command` and returns the state machine's answer once the leader has
@@ -73,7 +79,7 @@ impl<M: StateMachine> Client<M> {
 
     /// [`Client::submit`] whose answer is awaited at most `timeout` from now.
     pub fn submit_timeout(&self, command: M::Command, timeout: Duration) -> Result<PendingWrite<M::Response>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let command = rmp_serde::to_vec(&command).map_err(|e| Error::Codec(e.to_string()))?;
         if command.len() > self.max_command_bytes {
             return Err(Error::TooLarge { bytes: command.len(), max: self.max_command_bytes });
@@ -165,13 +171,30 @@ impl<M: StateMachine> Client<M> {
     }
 
     fn enqueue(&self, request: Request<M>) -> Result<()> {
+        if self.shared.exited.load(Ordering::SeqCst) {
+            return Err(Error::Stopped);
+        }
         match self.tx.try_send(request) {
             Ok(()) => {}
+            Err(TrySendError::Full(_)) if self.shared.exited.load(Ordering::SeqCst) => return Err(Error::Stopped),
             Err(TrySendError::Full(_)) => return Err(Error::Busy),
             Err(TrySendError::Disconnected(_)) => return Err(Error::Stopped),
         }
-        // A failed wake means the poller is gone: the node has stopped.
-        self.shared.wake().map_err(|_| Error::Stopped)
+        // Pairs with the fence in the node loop's `Drop`: if the node exited before it
+        // could see our request, we see `exited` and drop the queue's requests ourselves,
+        // which answers them `Stopped`.
+        fence(Ordering::SeqCst);
+        if self.shared.exited.load(Ordering::SeqCst) {
+            for request in self.rx.try_iter() {
+                drop(request);
+            }
+            return Ok(());
+        }
+        if let Err(e) = self.shared.wake() {
+            // The request is queued: if the node is gone, its answer slot says `Stopped`.
+            log::warn!("cannot wake the node thread: {e}");
+        }
+        Ok(())
     }
 }
 

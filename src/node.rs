@@ -42,9 +42,14 @@ impl<M: StateMachine> Node<M> {
         let listener = mio::net::TcpListener::from_std(listener);
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), crate::runtime::WAKER)?;
-        let shared = Arc::new(Shared { stop: AtomicBool::new(false), waker, sleeping: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            waker,
+            sleeping: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+        });
         let (tx, rx) = crossbeam_channel::bounded(config.client_queue);
-        let client = Client::new(tx, shared.clone(), config.request_timeout, config.max_append_bytes);
+        let client = Client::new(tx, rx.clone(), shared.clone(), config.request_timeout, config.max_append_bytes);
         let id = config.id;
         let node_loop = NodeLoop::new(&config, listener, poll, machine, rx, shared.clone());
         let thread = std::thread::Builder::new()

@@ -230,3 +230,51 @@ fn pipelined_writes_apply_in_submission_order() {
     let p = cluster.client(follower).submit(Cmd::Put(0)).expect("submitted");
     assert!(matches!(p.wait(), Err(Error::Redirect { leader: Some(peer) }) if peer.id == leader));
 }
+
+/// Requests still queued when the node stops are answered `Stopped` at once, not left to
+/// time out (which would wrongly say they might have been applied).
+#[test]
+fn requests_queued_at_stop_answer_stopped_at_once() {
+    let l = listeners(1).pop().unwrap();
+    let addr = l.local_addr().unwrap();
+    let node = Node::start_with_listener(test_config(1, addr), l, Recorder::default()).unwrap();
+    let client = node.client();
+    client.await_leader(Duration::from_secs(10)).unwrap();
+    // More requests than the node takes in one turn queue up behind a held node thread;
+    // the stop flag goes up before the node is released, so it exits after one turn with
+    // the rest still queued.
+    let held = HeldNode::hold(&client);
+    let pending: Vec<_> = (0..10_000).map(|v| client.submit(Cmd::Put(v)).expect("queued")).collect();
+    let (stopping_tx, stopping_rx) = crossbeam_channel::bounded(1);
+    let stopper = std::thread::spawn(move || {
+        stopping_tx.send(()).unwrap();
+        node.stop();
+    });
+    stopping_rx.recv().unwrap();
+    held.release();
+    let started = std::time::Instant::now();
+    let results: Vec<_> = pending.into_iter().map(|p| p.wait()).collect();
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at once, not after the request timeout");
+    stopper.join().unwrap();
+    // In order: applied (Ok), proposed but not applied (LeadershipLost: may apply), and
+    // never taken from the queue (Stopped: nothing proposed).
+    let applied = results.iter().take_while(|r| r.is_ok()).count();
+    let proposed = applied + results[applied..].iter().take_while(|r| matches!(r, Err(Error::LeadershipLost))).count();
+    assert!(
+        results[proposed..].iter().all(|r| matches!(r, Err(Error::Stopped))),
+        "after the applied and proposed requests, every request is Stopped"
+    );
+    assert!(proposed < results.len(), "some requests were still queued at stop");
+}
+
+/// Huge timeouts mean "wait a long time", never an overflow panic on either side.
+#[test]
+fn huge_timeouts_do_not_panic() {
+    let l = listeners(1).pop().unwrap();
+    let addr = l.local_addr().unwrap();
+    let node = Node::start_with_listener(test_config(1, addr), l, Recorder::default()).unwrap();
+    let client = node.client();
+    assert_eq!(client.await_leader(Duration::MAX).unwrap(), 1);
+    assert_eq!(client.write_timeout(Cmd::Put(1), Duration::MAX).unwrap(), 1);
+    assert!(node.is_running());
+}

@@ -20,7 +20,7 @@ use crate::transport::ConnectionConfig;
 
 use super::peers::{Identity, Peers};
 use super::pending::{Change, Pending};
-use super::request::Request;
+use super::request::{Request, deadline_after};
 
 /// The listening socket's token.
 pub(crate) const LISTENER: Token = Token(0);
@@ -42,6 +42,9 @@ pub(crate) struct Shared {
     /// The node thread is (about to be) blocked in `poll`: a new request must wake it.
     /// While it is awake it drains the queue anyway, so clients skip the wake-up syscall.
     pub sleeping: AtomicBool,
+    /// The node thread has finished (or is unwinding): it takes no more requests. Whoever
+    /// sees this drains the queue, so every queued request answers `Stopped` at once.
+    pub exited: AtomicBool,
 }
 
 impl Shared {
@@ -252,7 +255,7 @@ impl<M: StateMachine> NodeLoop<M> {
     }
 
     fn on_request(&mut self, request: Request<M>) {
-        let deadline = Instant::now() + self.request_timeout;
+        let deadline = deadline_after(self.request_timeout);
         match request {
             Request::Write { command, reply } => match self.core.propose(command) {
                 Ok(index) => {
@@ -274,7 +277,7 @@ impl<M: StateMachine> NodeLoop<M> {
             }
             Request::ReadLocal { read } => read(Ok(&self.machine)),
             Request::AwaitLeader { timeout, reply } => {
-                self.pending.leader_waiters.push((Instant::now() + timeout, reply))
+                self.pending.leader_waiters.push((deadline_after(timeout), reply))
             }
             Request::Status { reply } => {
                 reply.send(Ok(self.status()));
@@ -365,7 +368,19 @@ impl<M: StateMachine> NodeLoop<M> {
         log::info!("node {}: stopping", self.id);
         self.pending.fail_all();
         self.peers.close_all(self.poll.registry());
-        // Requests still queued answer `Stopped` as they drop (see `Reply`).
+    }
+}
+
+impl<M: StateMachine> Drop for NodeLoop<M> {
+    /// Runs on a clean stop and on a panic alike. Requests still queued are dropped, which
+    /// answers them `Stopped` (see `Reply`); a client that enqueues after this sees
+    /// `exited` and drains the queue itself (a Dekker handshake, as for `sleeping`).
+    fn drop(&mut self) {
+        self.shared.exited.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        for request in self.requests.try_iter() {
+            drop(request);
+        }
     }
 }
 

@@ -40,8 +40,9 @@ struct Conn {
 /// An accepted connection must introduce itself (handshake and Hello) within this time,
 /// or it is closed: silent connections would otherwise hold file descriptors forever.
 const INTRODUCTION_TIMEOUT: Duration = Duration::from_secs(3);
-/// Most accepted connections still waiting to introduce themselves; more are refused, so
-/// a flood of idle connections cannot exhaust the node's file descriptors.
+/// Most accepted connections still waiting to introduce themselves; past it the oldest is
+/// closed, so a flood of idle connections can neither exhaust the node's file descriptors
+/// nor lock out a real peer (which introduces itself within a round trip).
 const UNINTRODUCED_MAX: usize = 64;
 
 impl Conn {
@@ -177,11 +178,7 @@ impl Peers {
 
     /// Takes a connection a peer dialed to us.
     pub fn accept(&mut self, registry: &Registry, stream: TcpStream) {
-        let waiting = self.conns.values().filter(|c| !c.introduced()).count();
-        if waiting >= UNINTRODUCED_MAX {
-            log::warn!("node {}: {waiting} connections have not introduced themselves; refusing another", self.me.id);
-            return; // dropping the stream closes it
-        }
+        self.evict_oldest_silent_if_full(registry);
         let handshake = Handshake {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: self.me.cluster_id.clone(),
@@ -220,6 +217,20 @@ impl Peers {
         }
         if let Err(reason) = self.read(token, inbox) {
             self.close(registry, token, now, &reason);
+        }
+    }
+
+    /// Makes room for one more connection waiting to introduce itself.
+    fn evict_oldest_silent_if_full(&mut self, registry: &Registry) {
+        let silent = self.conns.iter().filter(|(_, c)| !c.introduced());
+        let (count, oldest) = silent.fold((0, None::<(Instant, Token)>), |(n, oldest), (&t, c)| {
+            (n + 1, Some(oldest.map_or((c.opened_at, t), |o| o.min((c.opened_at, t)))))
+        });
+        if count >= UNINTRODUCED_MAX
+            && let Some((_, token)) = oldest
+        {
+            log::warn!("node {}: {count} connections have not introduced themselves; closing the oldest", self.me.id);
+            self.close(registry, token, Instant::now(), "too many connections waiting to introduce themselves");
         }
     }
 

@@ -11,6 +11,15 @@ use crate::error::{Error, Result};
 use crate::state_machine::StateMachine;
 use crate::status::Status;
 
+/// Longest wait any deadline is set for: `Duration::MAX` and the like mean "a very long
+/// time", not an overflow panic.
+const WAIT_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The instant `timeout` from now, clamped to [`WAIT_MAX`].
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    Instant::now() + timeout.min(WAIT_MAX)
+}
+
 /// A closure that runs on the node thread against the state machine, or learns why not.
 pub(crate) type ReadFn<M> = Box<dyn FnOnce(Result<&M>) + Send>;
 
@@ -43,7 +52,7 @@ pub(crate) struct Answer<T> {
 impl<T> Answer<T> {
     /// Waits up to `timeout` for the answer.
     pub fn wait(self, timeout: Duration) -> Result<T> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut value = self.slot.value.lock();
         loop {
             if let Some(result) = value.take() {
