@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use quorate::{Error, Node, Role};
-use support::cluster::{Cluster, Cmd, HeldNode, Recorder, listeners, test_config, wait_until};
+use support::cluster::{Cluster, Cmd, HeldNode, Recorder, single_node, test_config, wait_until};
 
 fn elect_and_replicate(n: usize) {
     let cluster = Cluster::start(n);
@@ -52,12 +52,7 @@ fn failover_keeps_every_acknowledged_write() {
     cluster.stop(old);
     let new = cluster.stable_leader();
     assert_ne!(new, old);
-    for v in 21..=40 {
-        cluster.client(new).write(Cmd::Put(v)).expect("write after failover");
-        acked.push(v);
-    }
-    let applied = cluster.client(new).read(|m: &Recorder| m.applied.clone()).unwrap();
-    assert_eq!(applied, acked, "an acknowledged write was lost or reordered");
+    cluster.write_and_check(new, 21..=40, &mut acked);
     cluster.await_applied_everywhere(&acked);
 }
 
@@ -75,9 +70,7 @@ fn reads_on_followers_redirect_and_read_local_serves() {
 
 #[test]
 fn single_node_cluster_serves_alone() {
-    let l = listeners(1).pop().unwrap();
-    let addr = l.local_addr().unwrap();
-    let node = Node::start_with_listener(test_config(1, addr), l, Recorder::default()).unwrap();
+    let node = single_node(|c| c);
     let client = node.client();
     assert_eq!(client.await_leader(Duration::from_secs(10)).unwrap(), 1);
     assert_eq!(client.write(Cmd::Put(1)).unwrap(), 1);
@@ -89,9 +82,7 @@ fn single_node_cluster_serves_alone() {
 
 #[test]
 fn a_panicking_state_machine_stops_its_node() {
-    let l = listeners(1).pop().unwrap();
-    let addr = l.local_addr().unwrap();
-    let node = Node::start_with_listener(test_config(1, addr), l, Recorder::default()).unwrap();
+    let node = single_node(|c| c);
     let client = node.client();
     client.await_leader(Duration::from_secs(10)).unwrap();
     client.write(Cmd::Put(1)).unwrap();
@@ -104,9 +95,7 @@ fn a_panicking_state_machine_stops_its_node() {
 
 #[test]
 fn a_full_request_queue_answers_busy() {
-    let l = listeners(1).pop().unwrap();
-    let addr = l.local_addr().unwrap();
-    let node = Node::start_with_listener(test_config(1, addr).client_queue(2), l, Recorder::default()).unwrap();
+    let node = single_node(|c| c.client_queue(2));
     let client = node.client();
     client.await_leader(Duration::from_secs(10)).unwrap();
     let held = HeldNode::hold(&client);
@@ -235,9 +224,7 @@ fn pipelined_writes_apply_in_submission_order() {
 /// time out (which would wrongly say they might have been applied).
 #[test]
 fn requests_queued_at_stop_answer_stopped_at_once() {
-    let l = listeners(1).pop().unwrap();
-    let addr = l.local_addr().unwrap();
-    let node = Node::start_with_listener(test_config(1, addr), l, Recorder::default()).unwrap();
+    let node = single_node(|c| c);
     let client = node.client();
     client.await_leader(Duration::from_secs(10)).unwrap();
     // More requests than the node takes in one turn queue up behind a held node thread;
@@ -270,9 +257,7 @@ fn requests_queued_at_stop_answer_stopped_at_once() {
 /// Huge timeouts mean "wait a long time", never an overflow panic on either side.
 #[test]
 fn huge_timeouts_do_not_panic() {
-    let l = listeners(1).pop().unwrap();
-    let addr = l.local_addr().unwrap();
-    let node = Node::start_with_listener(test_config(1, addr), l, Recorder::default()).unwrap();
+    let node = single_node(|c| c);
     let client = node.client();
     assert_eq!(client.await_leader(Duration::MAX).unwrap(), 1);
     assert_eq!(client.write_timeout(Cmd::Put(1), Duration::MAX).unwrap(), 1);

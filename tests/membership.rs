@@ -112,12 +112,7 @@ fn exraft_readme_scenario() {
     let rest: Vec<NodeId> = cluster.nodes.keys().copied().collect();
     let new = cluster.leader_among(&rest);
     assert!(new == 2 || new == 3, "the new leader is 2 or 3, got {new}");
-    for v in 11..=20 {
-        cluster.client(new).write(Cmd::Put(v)).expect("write after failover");
-        acked.push(v);
-    }
-    let applied = cluster.client(new).read(|m: &Recorder| m.applied.clone()).unwrap();
-    assert_eq!(applied, acked, "an acknowledged write was lost or reordered");
+    cluster.write_and_check(new, 11..=20, &mut acked);
     cluster.await_applied_everywhere(&acked);
 }
 

@@ -67,6 +67,13 @@ pub fn test_config(id: NodeId, addr: SocketAddr) -> Config {
         .request_timeout(Duration::from_secs(10))
 }
 
+/// A one-node cluster (node 1) on a free port, with `tweak` applied to its config.
+pub fn single_node(tweak: impl Fn(Config) -> Config) -> Node<Recorder> {
+    let l = listeners(1).pop().unwrap();
+    let addr = l.local_addr().unwrap();
+    Node::start_with_listener(tweak(test_config(1, addr)), l, Recorder::default()).expect("start node")
+}
+
 /// A cluster of nodes in this process.
 pub struct Cluster {
     pub nodes: BTreeMap<NodeId, Node<Recorder>>,
@@ -124,6 +131,17 @@ impl Cluster {
             true
         });
         found
+    }
+
+    /// Writes `Put(v)` for each value through node `id`, recording each acknowledged one,
+    /// then checks that node's linearizable view is exactly `acked`.
+    pub fn write_and_check(&self, id: NodeId, values: std::ops::RangeInclusive<u64>, acked: &mut Vec<u64>) {
+        for v in values {
+            self.client(id).write(Cmd::Put(v)).expect("write through the leader");
+            acked.push(v);
+        }
+        let applied = self.client(id).read(|m: &Recorder| m.applied.clone()).unwrap();
+        assert_eq!(&applied, acked, "an acknowledged write was lost or reordered");
     }
 
     /// Waits until every running node has applied exactly `expected`, in order.
