@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::replica::Respond;
 use crate::runtime::Shared;
 use std::sync::atomic::{Ordering, fence};
 
@@ -11,7 +12,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::core::NodeId;
 use crate::error::{Error, Result};
-use crate::runtime::request::{Answer, Reply, Request, deadline_after, reply_slot};
+use crate::replica::{ReadFn, Request};
+use crate::runtime::request::{Answer, LocalRequest, Reply, deadline_after, reply_slot};
 use crate::state_machine::StateMachine;
 use crate::status::Status;
 
@@ -23,9 +25,9 @@ use crate::status::Status;
 /// Backpressure: requests wait in a bounded queue ([`crate::Config::client_queue`]); when
 /// it is full a call returns [`Error::Busy`] at once, having proposed nothing.
 pub struct Client<M: StateMachine> {
-    tx: Sender<Request<M>>,
+    tx: Sender<LocalRequest<M>>,
     /// Used only to drain the queue once the node thread has exited.
-    rx: Receiver<Request<M>>,
+    rx: Receiver<LocalRequest<M>>,
     shared: Arc<Shared>,
     timeout: Duration,
     /// Largest encoded command: one AppendEntries must be able to carry it.
@@ -46,8 +48,8 @@ impl<M: StateMachine> Clone for Client<M> {
 
 impl<M: StateMachine> Client<M> {
     pub(crate) fn new(
-        tx: Sender<Request<M>>,
-        rx: Receiver<Request<M>>,
+        tx: Sender<LocalRequest<M>>,
+        rx: Receiver<LocalRequest<M>>,
         shared: Arc<Shared>,
         timeout: Duration,
         max_command_bytes: usize,
@@ -111,7 +113,7 @@ impl<M: StateMachine> Client<M> {
         self.read_with(f, |read| Request::ReadLocal { read })
     }
 
-    fn read_with<R, F>(&self, f: F, make: impl FnOnce(crate::runtime::request::ReadFn<M>) -> Request<M>) -> Result<R>
+    fn read_with<R, F>(&self, f: F, make: impl FnOnce(ReadFn<M>) -> LocalRequest<M>) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&M) -> R + Send + 'static,
@@ -143,7 +145,7 @@ impl<M: StateMachine> Client<M> {
     /// Adds node `id`, listening on `addr`: it joins as a learner, catches up, and is
     /// promoted to voter. Returns once a committed configuration lists it as a voter.
     pub fn add_server(&self, id: NodeId, addr: SocketAddr) -> Result<()> {
-        self.call(|reply| Request::AddServer { id, addr, reply })
+        self.call(|reply| Request::AddServer { id, addr: addr.to_string(), reply })
     }
 
     /// Removes node `id`; returns once the configuration without it is committed. Removing
@@ -164,13 +166,13 @@ impl<M: StateMachine> Client<M> {
         self.call(|reply| Request::TransferLeadership { to, reply })
     }
 
-    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request<M>) -> Result<T> {
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> LocalRequest<M>) -> Result<T> {
         let (reply, answer) = reply_slot();
         self.enqueue(make(reply))?;
         answer.wait(self.timeout)
     }
 
-    fn enqueue(&self, request: Request<M>) -> Result<()> {
+    fn enqueue(&self, request: LocalRequest<M>) -> Result<()> {
         if self.shared.exited.load(Ordering::SeqCst) {
             return Err(Error::Stopped);
         }

@@ -6,6 +6,13 @@ use std::time::Duration;
 
 use crate::core::{CoreConfig, Membership, NodeId};
 use crate::error::Error;
+use crate::replica::ReplicaConfig;
+
+/// Most entries applied per loop turn.
+const APPLY_ENTRIES_MAX: u64 = 1024;
+/// Most time spent applying per loop turn; the rest waits for the next turn, which comes
+/// at once.
+const APPLY_TIME_MAX: Duration = Duration::from_millis(5);
 
 /// How one node runs: who it is, whom it talks to, and its timings and bounds.
 ///
@@ -185,6 +192,19 @@ impl Config {
             max_append_bytes: self.max_append_bytes,
             max_inflight: self.max_inflight,
             seed: self.id ^ random_seed(),
+        }
+    }
+
+    /// The replica's settings: the core's, plus the bounds on applying per turn (so a
+    /// backlog or a slow state machine cannot keep the loop from heartbeats and I/O).
+    pub(crate) fn replica_config(&self) -> ReplicaConfig {
+        ReplicaConfig {
+            core: self.core_config(),
+            initial: self.initial_membership(),
+            tick: self.tick,
+            request_timeout: self.request_timeout,
+            apply_entries_max: APPLY_ENTRIES_MAX,
+            apply_time_max: Some(APPLY_TIME_MAX),
         }
     }
 

@@ -48,9 +48,11 @@ mod config;
 pub mod core;
 mod error;
 mod node;
+pub mod replica;
 mod runtime;
 mod state_machine;
 mod status;
+pub mod storage;
 pub mod transport;
 
 pub use client::{Client, PendingWrite};

@@ -51,7 +51,7 @@ impl<M: StateMachine> Node<M> {
         let (tx, rx) = crossbeam_channel::bounded(config.client_queue);
         let client = Client::new(tx, rx.clone(), shared.clone(), config.request_timeout, config.max_append_bytes);
         let id = config.id;
-        let node_loop = NodeLoop::new(&config, listener, poll, machine, rx, shared.clone());
+        let node_loop = NodeLoop::new(&config, listener, poll, machine, rx, shared.clone())?;
         let thread = std::thread::Builder::new()
             .name(format!("quorate-node-{id}"))
             .spawn(move || node_loop.run())

@@ -3,6 +3,7 @@
 
 use super::message::{Message, MessageKind, RequestVote};
 use super::progress::Progress;
+use super::quorum::{self, VoteResult};
 use super::types::{NodeId, Payload, Role, Term};
 use super::{ProposeError, Raft};
 
@@ -55,7 +56,11 @@ impl Raft {
             self.become_candidate();
             self.hard.current_term
         };
-        self.votes.insert(self.cfg.id, true);
+        // A pre-vote changes nothing, so it counts at once; a real vote counts once durable
+        // (see `on_hard_state_persisted`), which a fresh term never is yet.
+        if pre_vote || self.durable_hard == self.hard {
+            self.votes.insert(self.cfg.id, true);
+        }
         if self.poll_votes(pre_vote) {
             return;
         }
@@ -108,25 +113,21 @@ impl Raft {
     }
 
     /// Acts on the votes so far; returns whether the round is decided.
-    fn poll_votes(&mut self, pre_vote: bool) -> bool {
-        let quorum = self.membership.quorum();
-        let voters = &self.membership.voters;
-        let granted = self.votes.iter().filter(|&(id, &g)| g && voters.contains_key(id)).count();
-        let rejected = self.votes.iter().filter(|&(id, &g)| !g && voters.contains_key(id)).count();
-        if granted >= quorum {
-            if pre_vote {
-                self.campaign(false, false);
-            } else {
-                self.become_leader();
+    pub(super) fn poll_votes(&mut self, pre_vote: bool) -> bool {
+        match quorum::tally(&self.membership, self.votes.iter().map(|(&id, &g)| (id, g))) {
+            VoteResult::Won if pre_vote => self.campaign(false, false),
+            // A leader's messages leave before its writes are durable, so it must not lead
+            // before its own term and vote are: a crash could otherwise let it lead the
+            // same term twice with different entries.
+            VoteResult::Won if !self.votes.contains_key(&self.cfg.id) => return false,
+            VoteResult::Won => self.become_leader(),
+            VoteResult::Lost => {
+                let term = self.hard.current_term;
+                self.become_follower(term, None);
             }
-            true
-        } else if rejected >= quorum {
-            let term = self.hard.current_term;
-            self.become_follower(term, None);
-            true
-        } else {
-            false
+            VoteResult::Pending => return false,
         }
+        true
     }
 
     /// Leadership transfer's last step (§3.10): campaign at once, past leases.
@@ -249,16 +250,13 @@ impl Raft {
     /// (dissertation §6.2), so a partitioned leader stops believing it leads.
     fn check_quorum(&mut self) -> bool {
         let me = self.cfg.id;
-        let active = self
-            .membership
-            .voters
-            .keys()
-            .filter(|&&id| id == me || self.progress.get(&id).is_some_and(|p| p.recent_active))
-            .count();
+        let active = quorum::has_majority(&self.membership, |id| {
+            id == me || self.progress.get(&id).is_some_and(|p| p.recent_active)
+        });
         for p in self.progress.values_mut() {
             p.recent_active = false;
         }
-        if active < self.membership.quorum() {
+        if !active {
             log::info!("node {me}: lost contact with a majority, stepping down");
             let term = self.hard.current_term;
             self.become_follower(term, None);

@@ -17,6 +17,30 @@ pub struct Membership {
     pub learners: BTreeMap<NodeId, String>,
 }
 
+/// Why a change is not a valid single-server step from a configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MembershipError {
+    /// Adding a server that is already a voter or a learner.
+    AlreadyMember(NodeId),
+    /// Promoting a server that is not a learner.
+    NotALearner(NodeId),
+    /// Removing a server that is not a member.
+    NotAMember(NodeId),
+    /// Removing the last voter: nobody could commit anything again.
+    LastVoter,
+}
+
+impl std::fmt::Display for MembershipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MembershipError::AlreadyMember(id) => write!(f, "node {id} is already a member"),
+            MembershipError::NotALearner(id) => write!(f, "node {id} is not a learner"),
+            MembershipError::NotAMember(id) => write!(f, "node {id} is not a member"),
+            MembershipError::LastVoter => write!(f, "the change would leave no voter"),
+        }
+    }
+}
+
 /// One single-server step from one configuration to the next (dissertation §4.1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MembershipChange {
@@ -60,25 +84,25 @@ impl Membership {
     }
 
     /// Applies one single-server change, or says why it is not one.
-    pub fn apply(&self, change: &MembershipChange) -> Result<Membership, &'static str> {
+    pub fn apply(&self, change: &MembershipChange) -> Result<Membership, MembershipError> {
         let mut next = self.clone();
         match change {
             MembershipChange::AddLearner(id, addr) => {
                 if self.contains(*id) {
-                    return Err("already a member");
+                    return Err(MembershipError::AlreadyMember(*id));
                 }
                 next.learners.insert(*id, addr.clone());
             }
             MembershipChange::Promote(id) => {
-                let addr = next.learners.remove(id).ok_or("not a learner")?;
+                let addr = next.learners.remove(id).ok_or(MembershipError::NotALearner(*id))?;
                 next.voters.insert(*id, addr);
             }
             MembershipChange::Remove(id) => {
                 if next.voters.remove(id).is_none() && next.learners.remove(id).is_none() {
-                    return Err("not a member");
+                    return Err(MembershipError::NotAMember(*id));
                 }
                 if next.voters.is_empty() {
-                    return Err("would leave no voter");
+                    return Err(MembershipError::LastVoter);
                 }
             }
         }
@@ -112,10 +136,10 @@ mod tests {
         let added = base.apply(&MembershipChange::AddLearner(3, "n3".into())).unwrap();
         assert_eq!(added, m(&[1, 2], &[3]));
         assert_eq!(added.apply(&MembershipChange::Promote(3)).unwrap(), m(&[1, 2, 3], &[]));
-        assert!(base.apply(&MembershipChange::AddLearner(2, "x".into())).is_err());
-        assert!(base.apply(&MembershipChange::Promote(2)).is_err());
-        assert!(base.apply(&MembershipChange::Remove(9)).is_err());
-        assert!(m(&[1], &[]).apply(&MembershipChange::Remove(1)).is_err());
+        assert_eq!(base.apply(&MembershipChange::AddLearner(2, "x".into())), Err(MembershipError::AlreadyMember(2)));
+        assert_eq!(base.apply(&MembershipChange::Promote(2)), Err(MembershipError::NotALearner(2)));
+        assert_eq!(base.apply(&MembershipChange::Remove(9)), Err(MembershipError::NotAMember(9)));
+        assert_eq!(m(&[1], &[]).apply(&MembershipChange::Remove(1)), Err(MembershipError::LastVoter));
         assert_eq!(added.apply(&MembershipChange::Remove(3)).unwrap(), base);
     }
 }

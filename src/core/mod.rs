@@ -13,6 +13,7 @@ mod log;
 mod membership;
 mod message;
 mod progress;
+pub mod quorum;
 mod reads;
 mod reconfig;
 mod replication;
@@ -23,7 +24,7 @@ mod paper_tests;
 
 pub use config::CoreConfig;
 pub use log::Log;
-pub use membership::{Membership, MembershipChange};
+pub use membership::{Membership, MembershipChange, MembershipError};
 pub use message::{AppendEntries, AppendEntriesResponse, Envelope, Message, MessageKind, RequestVote};
 pub use progress::{Progress, ReplicationState};
 pub use types::{Entry, HardState, LogIndex, NodeId, Payload, Role, Term};
@@ -46,7 +47,7 @@ pub enum ProposeError {
     /// membership (the single-server-change bug, raft-dev 2015) .
     NotCommittedInTerm,
     /// The change is not valid against the current configuration.
-    InvalidChange(&'static str),
+    InvalidChange(MembershipError),
     /// The target (or this server) is not a voter.
     NotAVoter,
 }
@@ -75,15 +76,23 @@ pub struct ReadState {
 
 /// The work the core hands back after a batch of inputs.
 ///
-/// **Ordering rule** (as in etcd's `Ready`): the driver must first make `hard_state` and
-/// the log changes from `log_changed_from` durable, and only then send `messages`. A vote
-/// or an acknowledgement sent before it is on disk could be forgotten in a crash, breaking
-/// election safety or losing committed entries. Committed entries (up to
-/// [`Raft::commit_index`]) may be applied at any time after that.
+/// **Ordering rule** (as etcd's `Ready` and raft-rs's `persisted_messages`): `messages` may
+/// leave at once, while the driver writes `hard_state` and the log changes from
+/// `log_changed_from`; `persisted_messages` may leave only once those writes (and every
+/// earlier `Ready`'s) are durable. A vote or an acknowledgement sent before it is on disk
+/// could be forgotten in a crash, breaking election safety or losing committed entries.
+/// Only a leader's own messages go at once (dissertation §10.2.1: the leader writes its log
+/// in parallel with replicating it), and it counts its own log toward a majority only as
+/// far as [`Raft::on_persisted`] says is durable. After the writes, the driver reports them
+/// with [`Raft::on_persisted`] and [`Raft::on_hard_state_persisted`]. Committed entries (up
+/// to [`Raft::commit_index`]) may be applied at any time.
 #[derive(Debug, Default)]
 pub struct Ready {
-    /// Messages to send, after persisting.
+    /// Messages that may leave now (a leader's AppendEntries, heartbeats, TimeoutNow).
     pub messages: Vec<Envelope>,
+    /// Messages that may leave only after this `Ready`'s writes are durable (votes,
+    /// AppendEntries acknowledgements, everything a non-leader says).
+    pub persisted_messages: Vec<Envelope>,
     /// The term/vote to persist, if they changed.
     pub hard_state: Option<HardState>,
     /// The log changed at and after this index: storage drops its entries from here on and
@@ -101,6 +110,7 @@ impl Ready {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
+            && self.persisted_messages.is_empty()
             && self.hard_state.is_none()
             && self.log_changed_from.is_none()
             && self.reads.is_empty()
@@ -134,6 +144,12 @@ pub struct Raft {
     hard: HardState,
     log: Log,
     base_membership: Membership,
+    /// How far the driver says this server's log is durable.
+    /// Invariant: `persisted_index <= log.last_index()`.
+    persisted_index: LogIndex,
+    /// The latest hard state the driver says is durable (terms only grow and a vote is cast
+    /// once per term, so a later report never names an older state).
+    durable_hard: HardState,
 
     // Volatile state.
     role: Role,
@@ -182,7 +198,9 @@ impl Raft {
             rng: Rng::new(cfg.seed),
             cfg,
             hard,
+            durable_hard: hard,
             commit_index: log.snapshot_index(),
+            persisted_index: log.last_index(),
             log,
             membership: base_membership.clone(),
             membership_index: LogIndex(0),
@@ -235,6 +253,10 @@ impl Raft {
     /// Highest index known to be committed (Figure 2).
     pub fn commit_index(&self) -> LogIndex {
         self.commit_index
+    }
+    /// How far this server's log is known to be durable (see [`Raft::on_persisted`]).
+    pub fn persisted_index(&self) -> LogIndex {
+        self.persisted_index
     }
     /// The log.
     pub fn log(&self) -> &Log {
@@ -352,6 +374,35 @@ impl Raft {
         Ok(self.append_entry(Payload::Command(command)))
     }
 
+    /// The driver's report that this server's log through `index`, whose entry has `term`,
+    /// is durable. A report for an entry since overwritten (its term differs) is ignored;
+    /// the leader counts its own log toward a majority only this far (§10.2.1).
+    pub fn on_persisted(&mut self, index: LogIndex, term: Term) {
+        if index <= self.persisted_index || self.log.term_at(index) != Some(term) {
+            return;
+        }
+        self.persisted_index = index;
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+    }
+
+    /// The driver's report that `hard` (as handed out in a [`Ready`]) is durable. A
+    /// candidate counts its own vote only from then on: otherwise a crash could make it
+    /// forget that vote and cast another in the same term (§5.2).
+    pub fn on_hard_state_persisted(&mut self, hard: HardState) {
+        let rank = |h: &HardState| (h.current_term, h.voted_for.is_some());
+        if rank(&hard) <= rank(&self.durable_hard) {
+            return;
+        }
+        self.durable_hard = hard;
+        let me = self.cfg.id;
+        if self.role == Role::Candidate && hard == self.hard && hard.voted_for == Some(me) {
+            self.votes.insert(me, true);
+            self.poll_votes(false);
+        }
+    }
+
     /// Collects the work accumulated since the last call, after sending the batched
     /// AppendEntries and read-confirmation heartbeats this batch of inputs called for.
     pub fn take_ready(&mut self) -> Ready {
@@ -403,7 +454,13 @@ impl Raft {
 
     fn send_with_term(&mut self, to: NodeId, term: Term, kind: MessageKind) {
         debug_assert_ne!(to, self.cfg.id);
-        self.ready.messages.push(Envelope { to, message: Message { term, kind } });
+        let envelope = Envelope { to, message: Message { term, kind } };
+        // What a non-leader says rests on its vote or its log: it leaves once durable.
+        if self.role == Role::Leader {
+            self.ready.messages.push(envelope);
+        } else {
+            self.ready.persisted_messages.push(envelope);
+        }
     }
 
     fn reset_election_timer(&mut self) {
@@ -451,6 +508,7 @@ impl Raft {
     pub fn check_invariants(&self) {
         assert!(self.commit_index <= self.log.last_index(), "commit beyond the log");
         assert!(self.membership_index <= self.log.last_index(), "config beyond the log");
+        assert!(self.persisted_index <= self.log.last_index(), "persisted beyond the log");
         if self.role == Role::Leader {
             assert_eq!(self.leader_id, Some(self.cfg.id), "leader must know itself");
             assert_eq!(self.hard.voted_for, Some(self.cfg.id), "leader voted for itself");

@@ -3,6 +3,7 @@
 //! Concurrent reads share one round.
 
 use super::message::MessageKind;
+use super::quorum;
 use super::types::{LogIndex, NodeId, Role};
 use super::{PendingRead, ProposeError, Raft, ReadState};
 
@@ -47,14 +48,10 @@ impl Raft {
     pub(super) fn release_reads(&mut self) {
         let Some(front) = self.pending_reads.front() else { return };
         let me = self.cfg.id;
-        let mut acked: Vec<u64> = self
-            .membership
-            .voters
-            .keys()
-            .map(|&id| if id == me { u64::MAX } else { self.progress.get(&id).map_or(0, |p| p.read_seq_acked) })
-            .collect();
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = acked[self.membership.quorum() - 1];
+        let confirmed = quorum::majority_value(&self.membership, |id| {
+            if id == me { u64::MAX } else { self.progress.get(&id).map_or(0, |p| p.read_seq_acked) }
+        })
+        .unwrap_or(0);
         if front.seq > confirmed {
             return;
         }

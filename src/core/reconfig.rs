@@ -33,13 +33,14 @@ impl Raft {
 
     /// Appends one configuration change, if the single-change rules allow it now.
     fn propose_membership(&mut self, change: MembershipChange) -> Result<LogIndex, ProposeError> {
+        // Whether the change makes sense at all comes first: it does not change with time.
+        let next = self.membership.apply(&change).map_err(ProposeError::InvalidChange)?;
         if !self.committed_in_term() {
             return Err(ProposeError::NotCommittedInTerm);
         }
         if self.membership_index > self.commit_index {
             return Err(ProposeError::ChangeInProgress);
         }
-        let next = self.membership.apply(&change).map_err(ProposeError::InvalidChange)?;
         log::info!("node {}: proposing {change:?}", self.cfg.id);
         Ok(self.append_entry(Payload::Config(next)))
     }

@@ -4,6 +4,7 @@
 use super::Raft;
 use super::message::{AppendEntries, AppendEntriesResponse, MessageKind};
 use super::progress::ReplicationState;
+use super::quorum;
 use super::types::{LogIndex, NodeId, Payload, Role};
 
 impl Raft {
@@ -69,6 +70,7 @@ impl Raft {
                 }
                 Some(_) => {
                     self.log.truncate_after(entry.index.prev());
+                    self.persisted_index = self.persisted_index.min(entry.index.prev());
                     truncated = true;
                 }
                 None => {}
@@ -160,23 +162,14 @@ impl Raft {
     /// current term (§5.4.2: older entries commit only indirectly, the Figure 8 scenario).
     pub(super) fn maybe_commit(&mut self) -> bool {
         let me = self.cfg.id;
-        let mut matched: Vec<LogIndex> = self
-            .membership
-            .voters
-            .keys()
-            .map(|&id| {
-                if id == me {
-                    self.log.last_index()
-                } else {
-                    self.progress.get(&id).map_or(LogIndex(0), |p| p.match_index)
-                }
-            })
-            .collect();
-        if matched.is_empty() {
+        // The leader counts only what its own storage has made durable (dissertation
+        // §10.2.1: it may write its log in parallel with replicating it, but an entry held
+        // in memory alone would be lost in a crash and must not make up a majority).
+        let Some(majority_index) = quorum::majority_value(&self.membership, |id| {
+            if id == me { self.persisted_index } else { self.progress.get(&id).map_or(LogIndex(0), |p| p.match_index) }
+        }) else {
             return false;
-        }
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let majority_index = matched[self.membership.quorum() - 1];
+        };
         if majority_index <= self.commit_index || self.log.term_at(majority_index) != Some(self.hard.current_term) {
             return false;
         }

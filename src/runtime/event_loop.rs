@@ -12,15 +12,15 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
-use crate::core::{LogIndex, Message, NodeId, ProposeError, Raft, Role};
-use crate::error::{Error, Peer};
+use crate::core::{Message, NodeId, Raft};
+use crate::replica::{Replica, Request, Respond};
 use crate::state_machine::StateMachine;
-use crate::status::{Member, Status};
+use crate::status::Status;
+use crate::storage::MemoryStorage;
 use crate::transport::ConnectionConfig;
 
 use super::peers::{Identity, Peers};
-use super::pending::{Change, Pending};
-use super::request::{Request, deadline_after};
+use super::request::{Local, LocalRequest};
 
 /// The listening socket's token.
 pub(crate) const LISTENER: Token = Token(0);
@@ -59,22 +59,16 @@ impl Shared {
 
 /// One node's event loop and everything it owns.
 pub(crate) struct NodeLoop<M: StateMachine> {
-    pub(super) id: NodeId,
-    pub(super) core: Raft,
-    pub(super) machine: M,
-    /// Invariant: `applied <= core.commit_index()`.
-    pub(super) applied: LogIndex,
-    pub(super) pending: Pending<M>,
-    /// Set when `apply` panicked or a command could not be decoded: the node stops.
-    pub(super) poisoned: bool,
+    id: NodeId,
+    /// The server itself: core, storage, state machine, pending requests.
+    replica: Replica<M, MemoryStorage, Local>,
     poll: Poll,
     listener: TcpListener,
     peers: Peers,
-    requests: Receiver<Request<M>>,
+    requests: Receiver<LocalRequest<M>>,
     shared: Arc<Shared>,
     tick: Duration,
     next_tick: Instant,
-    request_timeout: Duration,
     inbox: Vec<(NodeId, Message)>,
     /// Work left over from the last turn (requests, entries to apply, unread input).
     busy: bool,
@@ -87,10 +81,10 @@ impl<M: StateMachine> NodeLoop<M> {
         listener: TcpListener,
         poll: Poll,
         machine: M,
-        requests: Receiver<Request<M>>,
+        requests: Receiver<LocalRequest<M>>,
         shared: Arc<Shared>,
-    ) -> NodeLoop<M> {
-        let core = Raft::new(config.core_config(), config.initial_membership());
+    ) -> std::io::Result<NodeLoop<M>> {
+        let replica = Replica::new(config.replica_config(), MemoryStorage::default(), machine)?;
         let me = Identity {
             id: config.id,
             cluster_id: config.cluster_id.clone(),
@@ -99,14 +93,10 @@ impl<M: StateMachine> NodeLoop<M> {
         };
         let conn_config = ConnectionConfig { max_frame_bytes: config.max_frame_bytes, ..ConnectionConfig::default() };
         let mut peers = Peers::new(me, conn_config, config.peers.clone(), FIRST_PEER_TOKEN);
-        peers.set_member_addrs(member_addrs(&core));
-        NodeLoop {
+        peers.set_member_addrs(member_addrs(replica.core()));
+        Ok(NodeLoop {
             id: config.id,
-            core,
-            machine,
-            applied: LogIndex(0),
-            pending: Pending::new(),
-            poisoned: false,
+            replica,
             poll,
             listener,
             peers,
@@ -114,10 +104,9 @@ impl<M: StateMachine> NodeLoop<M> {
             shared,
             tick: config.tick,
             next_tick: Instant::now() + config.tick,
-            request_timeout: config.request_timeout,
             inbox: Vec::new(),
             busy: false,
-        }
+        })
     }
 
     /// Runs until stopped.
@@ -128,7 +117,7 @@ impl<M: StateMachine> NodeLoop<M> {
         }
         log::info!("node {}: running on {:?}", self.id, self.listener.local_addr());
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
-        while !self.shared.stop.load(Ordering::Acquire) && !self.poisoned {
+        while !self.shared.stop.load(Ordering::Acquire) && self.replica.poisoned().is_none() {
             let timeout = self.poll_timeout();
             let polled = self.poll.poll(&mut events, Some(timeout));
             self.shared.sleeping.store(false, Ordering::SeqCst);
@@ -168,17 +157,21 @@ impl<M: StateMachine> NodeLoop<M> {
         self.next_tick.saturating_duration_since(Instant::now())
     }
 
-    /// One turn: timers, peer input, client requests, then the core's output, batched.
+    /// One turn: timers, peer input, client requests, then the replica's output, batched.
     fn turn(&mut self, now: Instant) {
         self.peers.read_leftovers(self.poll.registry(), &mut self.inbox, now);
         self.on_timers(now);
         for (from, msg) in std::mem::take(&mut self.inbox) {
-            self.core.step(from, msg);
+            self.replica.step(from, msg);
         }
         let more_requests = self.drain_requests();
-        self.process_ready(now);
-        let more_to_apply = self.apply_committed();
-        self.pending.settle(&self.core, now);
+        let more_to_apply = self.replica.advance();
+        for env in self.replica.take_outbox() {
+            self.peers.send(self.poll.registry(), env.to, env.message, now);
+        }
+        if self.replica.take_members_changed() {
+            self.peers.set_member_addrs(member_addrs(self.replica.core()));
+        }
         self.peers.flush_all(self.poll.registry(), now);
         self.busy = more_requests || more_to_apply || self.peers.has_leftovers();
     }
@@ -190,7 +183,7 @@ impl<M: StateMachine> NodeLoop<M> {
                 self.next_tick = now + self.tick;
                 break;
             }
-            self.core.tick();
+            self.replica.tick();
             self.next_tick += self.tick;
             self.peers.close_silent(self.poll.registry(), now);
             ticks += 1;
@@ -215,34 +208,6 @@ impl<M: StateMachine> NodeLoop<M> {
         }
     }
 
-    /// Hands the core's output to the network and the pending requests. Memory-only
-    /// storage needs nothing persisted, so the `Ready` ordering rule holds trivially.
-    fn process_ready(&mut self, now: Instant) {
-        loop {
-            let ready = self.core.take_ready();
-            if ready.is_empty() {
-                return;
-            }
-            for env in ready.messages {
-                self.peers.send(self.poll.registry(), env.to, env.message, now);
-            }
-            for read in ready.reads {
-                if let Some(f) = self.pending.unconfirmed_reads.remove(&read.ctx) {
-                    self.pending.confirmed_reads.push((read.index, f));
-                }
-            }
-            for ctx in ready.dropped_reads {
-                if let Some(f) = self.pending.unconfirmed_reads.remove(&ctx) {
-                    f(Err(Error::LeadershipLost));
-                }
-            }
-            if ready.soft_state_changed {
-                self.peers.set_member_addrs(member_addrs(&self.core));
-                log::debug!("node {}: {:?}", self.id, self.core);
-            }
-        }
-    }
-
     /// Takes up to [`REQUESTS_PER_TURN_MAX`] client requests; returns whether more wait.
     fn drain_requests(&mut self) -> bool {
         for _ in 0..REQUESTS_PER_TURN_MAX {
@@ -254,119 +219,21 @@ impl<M: StateMachine> NodeLoop<M> {
         !self.requests.is_empty()
     }
 
-    fn on_request(&mut self, request: Request<M>) {
-        let deadline = deadline_after(self.request_timeout);
+    fn on_request(&mut self, request: LocalRequest<M>) {
         match request {
-            Request::Write { command, reply } => match self.core.propose(command) {
-                Ok(index) => {
-                    self.pending.writes.insert(index, (self.core.current_term(), reply.proposed()));
-                }
-                Err(e) => {
-                    reply.send(Err(self.refusal(e)));
-                }
-            },
-            Request::Read { read } => {
-                let ctx = self.pending.next_read_ctx;
-                self.pending.next_read_ctx += 1;
-                match self.core.read_index(ctx) {
-                    Ok(()) => {
-                        self.pending.unconfirmed_reads.insert(ctx, read);
-                    }
-                    Err(e) => read(Err(self.refusal(e))),
-                }
-            }
-            Request::ReadLocal { read } => read(Ok(&self.machine)),
-            Request::AwaitLeader { timeout, reply } => {
-                self.pending.leader_waiters.push((deadline_after(timeout), reply))
-            }
-            Request::Status { reply } => {
-                reply.send(Ok(self.status()));
-            }
-            Request::AddServer { id, addr, reply } => {
-                let result = if self.core.role() == Role::Leader && self.core.membership().is_voter(id) {
-                    Err(Error::AlreadyMember(id))
-                } else {
-                    self.core.add_server(id, addr.to_string()).map_err(|e| self.refusal(e))
-                };
-                match result {
-                    Ok(_) => self.pending.changes.push((Change::Add(id), deadline, reply.proposed())),
-                    Err(e) => reply.send(Err(e)),
-                }
-            }
-            Request::RemoveServer { id, reply } => {
-                let result = if !self.core.membership().contains(id) && self.core.role() == Role::Leader {
-                    Err(Error::NotAMember(id))
-                } else {
-                    self.core.remove_server(id).map_err(|e| self.refusal(e))
-                };
-                match result {
-                    Ok(_) => self.pending.changes.push((Change::Remove(id), deadline, reply.proposed())),
-                    Err(e) => reply.send(Err(e)),
-                }
-            }
-            Request::TriggerElection { reply } => {
-                reply.send(self.core.trigger_election().map_err(|e| self.refusal(e)));
-            }
-            Request::TransferLeadership { to, reply } => match self.core.transfer_leadership(to) {
-                Ok(()) if to == self.id => reply.send(Ok(())),
-                Ok(()) => {
-                    if let Some((_, _, old)) = self.pending.transfer.replace((to, deadline, reply)) {
-                        old.send(Err(Error::TransferFailed));
-                    }
-                }
-                Err(e) => reply.send(Err(self.refusal(e))),
-            },
+            // Only the status needs what the runtime knows (refused peers).
+            Request::Status { reply } => reply.send(Ok(self.status())),
+            request => self.replica.on_request(request),
         }
-    }
-
-    /// Turns the core's refusal into the client's error (nothing was proposed).
-    fn refusal(&self, e: ProposeError) -> Error {
-        match e {
-            ProposeError::NotLeader(leader) => Error::Redirect { leader: leader.map(|id| self.peer_info(id)) },
-            ProposeError::TransferInProgress => Error::TransferInProgress,
-            ProposeError::ChangeInProgress => Error::ChangeInProgress,
-            ProposeError::NotCommittedInTerm => Error::NotCommittedInTerm,
-            ProposeError::InvalidChange(why) => Error::InvalidMembership(why.into()),
-            ProposeError::NotAVoter => Error::NotAVoter,
-        }
-    }
-
-    fn peer_info(&self, id: NodeId) -> Peer {
-        let addr = self.core.membership().address(id).and_then(|a| a.parse().ok());
-        Peer { id, addr }
     }
 
     fn status(&self) -> Status {
-        let m = self.core.membership();
-        let members = m
-            .voters
-            .iter()
-            .map(|(id, a)| (id, a, true))
-            .chain(m.learners.iter().map(|(id, a)| (id, a, false)))
-            .map(|(&id, addr, voter)| Member {
-                id,
-                addr: addr.parse().ok(),
-                voter,
-                match_index: self.core.progress(id).map(|p| p.match_index.0),
-            })
-            .collect();
-        Status {
-            id: self.id,
-            role: self.core.role(),
-            term: self.core.current_term().0,
-            leader: self.core.leader_id(),
-            commit_index: self.core.commit_index().0,
-            applied_index: self.applied.0,
-            last_log_index: self.core.log().last_index().0,
-            members,
-            membership_committed: self.core.membership_index() <= self.core.commit_index(),
-            refused: self.peers.refused.clone(),
-        }
+        Status { refused: self.peers.refused.clone(), ..self.replica.status() }
     }
 
     fn shutdown(mut self) {
         log::info!("node {}: stopping", self.id);
-        self.pending.fail_all();
+        self.replica.shutdown();
         self.peers.close_all(self.poll.registry());
     }
 }

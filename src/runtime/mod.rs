@@ -1,12 +1,10 @@
-//! The mio driver: one thread per node owning the Raft core, the state machine, the
-//! listener and every peer connection. It turns poll events into core inputs and the
-//! core's `Ready` into socket writes, `apply` calls and client replies. It decides
-//! nothing about Raft.
+//! The mio driver: one thread per node owning the replica (Raft core, storage, state
+//! machine, pending requests), the listener and every peer connection. It turns poll
+//! events into replica inputs and the replica's output into socket writes. It decides
+//! nothing about Raft or about what a client is told.
 
-mod apply;
 mod event_loop;
 mod peers;
-mod pending;
 pub(crate) mod request;
 mod wire;
 

@@ -1,15 +1,12 @@
-//! What clients ask of the node thread, and how it answers.
+//! How the node thread answers an in-process [`crate::Client`]: a slot per request.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::core::NodeId;
 use crate::error::{Error, Result};
-use crate::state_machine::StateMachine;
-use crate::status::Status;
+use crate::replica::{Channel, Respond};
 
 /// Longest wait any deadline is set for: `Duration::MAX` and the like mean "a very long
 /// time", not an overflow panic.
@@ -19,9 +16,6 @@ const WAIT_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 pub(crate) fn deadline_after(timeout: Duration) -> Instant {
     Instant::now() + timeout.min(WAIT_MAX)
 }
-
-/// A closure that runs on the node thread against the state machine, or learns why not.
-pub(crate) type ReadFn<M> = Box<dyn FnOnce(Result<&M>) + Send>;
 
 /// Where one answer lands: the node thread fills it, the client waits on it. A mutex and
 /// a condition variable, not a channel: a blocked client then sleeps instead of spinning
@@ -74,20 +68,28 @@ pub(crate) struct Reply<T> {
     proposed: bool,
 }
 
-impl<T> Reply<T> {
-    /// Marks the request as handed to Raft: from now on it may take effect.
-    pub fn proposed(mut self) -> Reply<T> {
+impl<T: Send + 'static> Respond<T> for Reply<T> {
+    fn proposed(mut self) -> Reply<T> {
         self.proposed = true;
         self
     }
 
-    /// Answers the client (who may have given up waiting: that is fine).
-    pub fn send(mut self, result: Result<T>) {
+    fn send(mut self, result: Result<T>) {
         if let Some(slot) = self.slot.take() {
             slot.fill(result);
         }
     }
 }
+
+/// The in-process client kind: answers land in a [`Reply`] slot.
+pub(crate) struct Local;
+
+impl Channel for Local {
+    type Reply<T: Send + 'static> = Reply<T>;
+}
+
+/// A request from an in-process client.
+pub(crate) type LocalRequest<M> = crate::replica::Request<M, Local>;
 
 impl<T> Drop for Reply<T> {
     fn drop(&mut self) {
@@ -95,26 +97,4 @@ impl<T> Drop for Reply<T> {
             slot.fill(Err(if self.proposed { Error::LeadershipLost } else { Error::Stopped }));
         }
     }
-}
-
-/// One client request, carrying the channel its answer goes back on.
-pub(crate) enum Request<M: StateMachine> {
-    /// A command, already encoded on the client's thread.
-    Write { command: Vec<u8>, reply: Reply<M::Response> },
-    /// A linearizable read (ReadIndex).
-    Read { read: ReadFn<M> },
-    /// A possibly stale read of the local state.
-    ReadLocal { read: ReadFn<M> },
-    /// Answer once a leader is known.
-    AwaitLeader { timeout: std::time::Duration, reply: Reply<NodeId> },
-    /// Snapshot of the node's state.
-    Status { reply: Reply<Status> },
-    /// Add a member (learner first, then voter).
-    AddServer { id: NodeId, addr: SocketAddr, reply: Reply<()> },
-    /// Remove a member.
-    RemoveServer { id: NodeId, reply: Reply<()> },
-    /// Campaign now.
-    TriggerElection { reply: Reply<()> },
-    /// Hand leadership to `to`.
-    TransferLeadership { to: NodeId, reply: Reply<()> },
 }

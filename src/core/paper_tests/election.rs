@@ -17,6 +17,7 @@ fn any_role_adopts_higher_term_and_becomes_follower() {
         Role::Candidate => {
             let mut r = Raft::new(cfg(1), voters(3));
             r.trigger_election().unwrap();
+            persist(&mut r); // its own vote counts once durable
             r
         }
         _ => Raft::new(cfg(1), voters(3)),
@@ -156,6 +157,7 @@ fn candidate_with_majority_of_votes_becomes_leader() {
     for (n, votes, want) in cases {
         let mut r = Raft::new(cfg(1), voters(n));
         r.trigger_election().unwrap();
+        persist(&mut r); // its own vote counts once durable
         for &(from, granted) in votes {
             r.step(from, vote_resp(1, granted));
         }
@@ -253,6 +255,7 @@ fn split_vote_resolves_in_a_later_term() {
 fn candidate_starts_new_election_after_timeout() {
     let mut r = Raft::new(cfg(1), voters(3));
     r.trigger_election().unwrap();
+    persist(&mut r); // its own vote counts once durable
     assert_eq!(r.role(), Role::Candidate);
     sent(&mut r);
     let mut ticks = 0;
@@ -274,6 +277,7 @@ fn candidate_starts_new_election_after_timeout() {
 fn candidate_steps_down_for_leader_of_its_term() {
     let mut r = Raft::new(cfg(1), voters(3));
     r.trigger_election().unwrap();
+    persist(&mut r); // its own vote counts once durable
     r.step(2, heartbeat(1, 0));
     assert_eq!(r.role(), Role::Follower);
     assert_eq!(r.current_term(), Term(1));

@@ -55,13 +55,14 @@ pub(super) fn leader(c: CoreConfig, n: u64) -> Raft {
     let me = c.id;
     let mut r = Raft::new(c, voters(n));
     r.trigger_election().unwrap();
+    persist(&mut r); // its own vote counts once durable
     for from in (1..=n).filter(|&id| id != me) {
         if r.role() != Role::Leader {
             r.step(from, vote_resp(1, true));
         }
     }
     assert_eq!(r.role(), Role::Leader);
-    r.take_ready();
+    persist(&mut r);
     r
 }
 
@@ -72,7 +73,7 @@ pub(super) fn steady_leader(c: CoreConfig, n: u64) -> Raft {
     for from in (1..=n).filter(|&id| id != me) {
         r.step(from, append_ok(1, 1));
     }
-    r.take_ready();
+    persist(&mut r);
     assert_eq!(r.commit_index(), LogIndex(1));
     r
 }
@@ -119,7 +120,31 @@ pub(super) fn heartbeat_ack(term: u64, read_seq: u64) -> Message {
 }
 
 pub(super) fn sent(r: &mut Raft) -> Vec<Envelope> {
-    r.take_ready().messages
+    persist(r).messages
+}
+
+/// Takes `r`'s `Ready` as a driver whose storage is durable at once would: reports the
+/// writes persisted, takes what that caused too, and puts every message in `messages`.
+pub(super) fn persist(r: &mut Raft) -> Ready {
+    let mut all = Ready::default();
+    loop {
+        let ready = r.take_ready();
+        if ready.is_empty() {
+            return all;
+        }
+        r.on_hard_state_persisted(r.hard_state());
+        r.on_persisted(r.log().last_index(), r.log().last_term());
+        all.messages.extend(ready.messages);
+        all.messages.extend(ready.persisted_messages);
+        all.hard_state = ready.hard_state.or(all.hard_state);
+        all.log_changed_from = match (all.log_changed_from, ready.log_changed_from) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        all.reads.extend(ready.reads);
+        all.dropped_reads.extend(ready.dropped_reads);
+        all.soft_state_changed |= ready.soft_state_changed;
+    }
 }
 
 /// The AppendEntries among `msgs` addressed to `to`.
@@ -213,7 +238,7 @@ impl Cluster {
     /// Takes every core's `Ready`: messages join the network, reads are recorded.
     pub(super) fn collect(&mut self) {
         for (&id, r) in &mut self.nodes {
-            let ready = r.take_ready();
+            let ready = persist(r);
             self.queue.extend(ready.messages.into_iter().map(|e| (id, e)));
             self.reads.entry(id).or_default().extend(ready.reads);
             self.dropped_reads.entry(id).or_default().extend(ready.dropped_reads);

@@ -10,5 +10,6 @@
 
 mod election;
 mod harness;
+mod persistence;
 mod reads_and_membership;
 mod replication;

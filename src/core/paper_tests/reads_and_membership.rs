@@ -11,7 +11,7 @@ use crate::core::*;
 fn read_index_waits_for_a_majority_to_confirm_leadership() {
     let mut r = steady_leader(cfg(1), 5);
     r.read_index(7).unwrap();
-    let ready = r.take_ready();
+    let ready = persist(&mut r);
     assert!(ready.reads.is_empty(), "not confirmed yet");
     let rounds: Vec<(NodeId, u64)> = ready
         .messages
@@ -25,9 +25,9 @@ fn read_index_waits_for_a_majority_to_confirm_leadership() {
 
     r.step(2, heartbeat_ack(1, 0)); // an older round does not count
     r.step(3, heartbeat_ack(1, 1));
-    assert!(r.take_ready().reads.is_empty(), "2 of 5");
+    assert!(persist(&mut r).reads.is_empty(), "2 of 5");
     r.step(4, heartbeat_ack(1, 1));
-    assert_eq!(r.take_ready().reads, [ReadState { ctx: 7, index: LogIndex(1) }]);
+    assert_eq!(persist(&mut r).reads, [ReadState { ctx: 7, index: LogIndex(1) }]);
 }
 
 /// Dissertation §6.4: a leader cut off from the majority can never confirm a read; the read
@@ -53,7 +53,7 @@ fn read_index_on_follower_is_refused() {
     assert_eq!(c.node_mut(2).read_index(1), Err(ProposeError::NotLeader(Some(1))));
     let mut fresh = Raft::new(cfg(1), voters(3));
     assert_eq!(fresh.read_index(1), Err(ProposeError::NotLeader(None)));
-    assert!(fresh.take_ready().reads.is_empty());
+    assert!(persist(&mut fresh).reads.is_empty());
 }
 
 // ----- membership changes (dissertation §4) -----
@@ -196,9 +196,9 @@ fn proposals_are_refused_during_a_transfer() {
 fn pending_read_is_released_when_the_awaited_voter_leaves() {
     let mut r = steady_leader(cfg(1), 2);
     r.read_index(42).unwrap();
-    let ready = r.take_ready();
+    let ready = persist(&mut r);
     assert!(ready.reads.is_empty(), "node 2 has not confirmed yet");
     r.remove_server(2).unwrap();
-    let ready = r.take_ready();
+    let ready = persist(&mut r);
     assert_eq!(ready.reads.iter().map(|s| s.ctx).collect::<Vec<_>>(), [42], "read 42 must be released");
 }

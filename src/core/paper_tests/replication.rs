@@ -19,7 +19,7 @@ fn append_entries_rejected_when_prev_does_not_match() {
     for ((prev_index, prev_term), (conflict_term, conflict_index)) in cases {
         let mut r = restarted(cfg(1), 3, 3, &[1, 1, 2, 2, 2]);
         r.step(2, append(3, (prev_index, prev_term), entries_from(prev_index + 1, &[3]), 9));
-        let ready = r.take_ready();
+        let ready = persist(&mut r);
         let answer = append_answer(&ready.messages);
         let want = AppendEntriesResponse {
             success: false,
@@ -61,7 +61,7 @@ fn append_entries_truncates_conflicting_suffix_and_appends() {
     for AppendCase { prev, terms, want_log, want_changed_from } in cases {
         let mut r = restarted(cfg(1), 3, 3, &[1, 1, 2, 2]);
         r.step(2, append(3, prev, entries_from(prev.0 + 1, terms), 0));
-        let ready = r.take_ready();
+        let ready = persist(&mut r);
         assert_eq!(log_terms(&r), want_log, "prev={prev:?} terms={terms:?}");
         assert_eq!(ready.log_changed_from, want_changed_from.map(LogIndex), "prev={prev:?} terms={terms:?}");
         let answer = append_answer(&ready.messages);
@@ -80,7 +80,7 @@ fn stale_append_entries_do_not_truncate_matching_entries() {
     sent(&mut r);
 
     r.step(2, append(1, (0, 0), entries_from(1, &[1, 1]), 0)); // the older message, late
-    let ready = r.take_ready();
+    let ready = persist(&mut r);
     assert_eq!(log_terms(&r), [1; 5], "the tail survives");
     assert_eq!(ready.log_changed_from, None);
     let answer = append_answer(&ready.messages);
@@ -168,6 +168,7 @@ fn commit_index_reaches_followers() {
 fn new_leader_appends_noop_of_its_term() {
     let mut r = restarted(cfg(1), 3, 1, &[1, 1]);
     r.trigger_election().unwrap();
+    persist(&mut r); // its own vote counts once durable
     r.step(2, vote_resp(2, true));
     assert_eq!(r.role(), Role::Leader);
     assert_eq!(log_terms(&r), [1, 1, 2]);
@@ -196,6 +197,7 @@ fn leader_does_not_count_replicas_of_previous_term_entries() {
     c.max_append_entries = 1;
     let mut r = restarted(c, 3, 2, &[1, 2]);
     r.trigger_election().unwrap();
+    persist(&mut r); // its own vote counts once durable
     r.step(2, vote_resp(3, true));
     assert_eq!(log_terms(&r), [1, 2, 3]);
     sent(&mut r);
@@ -218,6 +220,7 @@ fn leader_does_not_count_replicas_of_previous_term_entries() {
 fn previous_term_entries_commit_with_the_current_term_entry() {
     let mut r = restarted(cfg(1), 3, 2, &[1, 2]);
     r.trigger_election().unwrap();
+    persist(&mut r); // its own vote counts once durable
     r.step(2, vote_resp(3, true));
     sent(&mut r);
     r.step(2, append_ok(3, 3));

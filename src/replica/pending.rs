@@ -1,12 +1,15 @@
 //! Client requests the node thread has accepted and not yet answered.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
 
+use super::reply::{Channel, Respond};
 use crate::core::{LogIndex, NodeId, Raft, Role, Term};
 use crate::error::Error;
-use crate::runtime::request::{ReadFn, Reply};
+use crate::replica::request::ReadFn;
 use crate::state_machine::StateMachine;
+
+/// A deadline on the replica's clock, in ticks.
+pub(crate) type Deadline = u64;
 
 /// A membership change waiting for its configuration to commit.
 pub(crate) enum Change {
@@ -15,22 +18,22 @@ pub(crate) enum Change {
 }
 
 /// Everything waiting for the Raft core or the state machine.
-pub(crate) struct Pending<M: StateMachine> {
+pub(crate) struct Pending<M: StateMachine, C: Channel> {
     /// Proposed writes by log index, with the term they were proposed in.
-    pub writes: BTreeMap<LogIndex, (Term, Reply<M::Response>)>,
+    pub writes: BTreeMap<LogIndex, (Term, C::Reply<M::Response>)>,
     /// Reads waiting for their ReadIndex confirmation, by context.
     pub unconfirmed_reads: HashMap<u64, ReadFn<M>>,
     /// Confirmed reads waiting for `applied` to reach their index, in index order.
     pub confirmed_reads: Vec<(LogIndex, ReadFn<M>)>,
     pub next_read_ctx: u64,
     /// Callers of `await_leader`, until their deadline.
-    pub leader_waiters: Vec<(Instant, Reply<NodeId>)>,
-    pub changes: Vec<(Change, Instant, Reply<()>)>,
-    pub transfer: Option<(NodeId, Instant, Reply<()>)>,
+    pub leader_waiters: Vec<(Deadline, C::Reply<NodeId>)>,
+    pub changes: Vec<(Change, Deadline, C::Reply<()>)>,
+    pub transfer: Option<(NodeId, Deadline, C::Reply<()>)>,
 }
 
-impl<M: StateMachine> Pending<M> {
-    pub fn new() -> Pending<M> {
+impl<M: StateMachine, C: Channel> Pending<M, C> {
+    pub fn new() -> Pending<M, C> {
         Pending {
             writes: BTreeMap::new(),
             unconfirmed_reads: HashMap::new(),
@@ -60,7 +63,7 @@ impl<M: StateMachine> Pending<M> {
 
     /// Answers what the core's new state settles: changes committed, transfers done,
     /// leaders known, and (if this node no longer leads) everything that needed it to.
-    pub fn settle(&mut self, core: &Raft, now: Instant) {
+    pub fn settle(&mut self, core: &Raft, now: Deadline) {
         if let Some(leader) = core.leader_id() {
             for (_, w) in self.leader_waiters.drain(..) {
                 w.send(Ok(leader));
@@ -76,7 +79,7 @@ impl<M: StateMachine> Pending<M> {
         }
     }
 
-    fn settle_changes(&mut self, core: &Raft, now: Instant) {
+    fn settle_changes(&mut self, core: &Raft, now: Deadline) {
         let committed = core.membership_index() <= core.commit_index();
         let m = core.membership();
         for (change, deadline, reply) in std::mem::take(&mut self.changes) {
@@ -95,7 +98,7 @@ impl<M: StateMachine> Pending<M> {
         }
     }
 
-    fn settle_transfer(&mut self, core: &Raft, now: Instant) {
+    fn settle_transfer(&mut self, core: &Raft, now: Deadline) {
         let Some((to, deadline, _)) = &self.transfer else { return };
         let result = if core.leader_id() == Some(*to) {
             Some(Ok(()))
@@ -142,7 +145,7 @@ impl<M: StateMachine> Pending<M> {
 }
 
 /// Removes and returns the waiters whose deadline has passed.
-fn extract_expired<T>(waiters: &mut Vec<(Instant, T)>, now: Instant) -> Vec<(Instant, T)> {
+fn extract_expired<T>(waiters: &mut Vec<(Deadline, T)>, now: Deadline) -> Vec<(Deadline, T)> {
     let (expired, waiting) = std::mem::take(waiters).into_iter().partition(|(deadline, _)| *deadline <= now);
     *waiters = waiting;
     expired

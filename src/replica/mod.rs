@@ -1,0 +1,296 @@
+//! One server, sans-IO: the Raft core, its [`Storage`], the user's state machine, the
+//! applied index, and every client request waiting for an answer.
+//!
+//! The replica decides what each client is told; its drivers (the mio runtime, the
+//! deterministic simulator) only move bytes and time. A driver's turn:
+//!
+//! 1. feed inputs: [`Replica::tick`], [`Replica::step`], [`Replica::on_request`];
+//! 2. call [`Replica::advance`]: it persists and releases the core's output, applies
+//!    committed entries and answers what is settled;
+//! 3. send [`Replica::take_outbox`]; when [`Replica::take_members_changed`] says so,
+//!    update where peers are dialed;
+//! 4. when storage finishes a sync on its own (a writer thread), call
+//!    [`Replica::advance`] again.
+//!
+//! It never blocks and never reads a clock: time is its tick count, and the one wall-clock
+//! bound (how long a turn may spend applying) is the driver's to give.
+
+mod apply;
+mod pending;
+mod persist;
+mod reply;
+mod request;
+
+pub use reply::{Channel, Respond};
+pub use request::{ReadFn, Request};
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::Duration;
+
+use crate::core::{CoreConfig, Envelope, LogIndex, Membership, Message, NodeId, ProposeError, Raft, Role};
+use crate::error::{Error, Peer};
+use crate::state_machine::StateMachine;
+use crate::status::{Member, Status};
+use crate::storage::Storage;
+
+use pending::{Change, Deadline, Pending};
+use persist::Batch;
+
+/// Settings of one replica.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// The core's settings.
+    pub core: CoreConfig,
+    /// The configuration a server that has never run starts with (empty for `join()`).
+    pub initial: Membership,
+    /// The real length of one tick, to turn a request's timeout into ticks.
+    pub tick: Duration,
+    /// How long membership changes and transfers may wait before `Timeout`.
+    pub request_timeout: Duration,
+    /// Most entries applied per [`Replica::advance`], so a backlog cannot starve I/O.
+    pub apply_entries_max: u64,
+    /// Most time spent applying per [`Replica::advance`] (at least one entry is applied);
+    /// `None` for no time bound (the simulator, which must not read clocks).
+    pub apply_time_max: Option<Duration>,
+}
+
+/// One server's Raft core, storage and state machine, and its clients' pending requests.
+pub struct Replica<M: StateMachine, S: Storage, C: Channel> {
+    core: Raft,
+    storage: S,
+    machine: M,
+    /// Invariant: `applied <= core.commit_index()`.
+    applied: LogIndex,
+    pending: Pending<M, C>,
+    /// Messages that may leave now.
+    outbox: Vec<Envelope>,
+    /// Batches handed to storage and not yet durable, oldest first, with the messages
+    /// waiting for them.
+    unsynced: VecDeque<Batch>,
+    /// How many batches were handed to storage.
+    appended: u64,
+    /// Ticks since start: the clock of every deadline here.
+    now: Deadline,
+    cfg: ReplicaConfig,
+    /// Why the replica stopped serving (a panicking or undecodable apply, a failed write).
+    poisoned: Option<String>,
+    members_changed: bool,
+}
+
+impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
+    /// A replica resuming from what `storage` holds (nothing, for a new server).
+    pub fn new(cfg: ReplicaConfig, mut storage: S, machine: M) -> io::Result<Replica<M, S, C>> {
+        let recovered = storage.recover()?;
+        let core = Raft::recover(cfg.core.clone(), recovered.hard_state, recovered.log, cfg.initial.clone());
+        Ok(Replica {
+            core,
+            storage,
+            machine,
+            applied: LogIndex(0),
+            pending: Pending::new(),
+            outbox: Vec::new(),
+            unsynced: VecDeque::new(),
+            appended: 0,
+            now: 0,
+            cfg,
+            poisoned: None,
+            members_changed: true,
+        })
+    }
+
+    // ----- inputs -----
+
+    /// Advances time by one tick.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        self.core.tick();
+    }
+
+    /// Hands the core one message from peer `from`.
+    pub fn step(&mut self, from: NodeId, msg: Message) {
+        self.core.step(from, msg);
+    }
+
+    /// Takes one client request. Refusals are answered at once; the rest when settled.
+    pub fn on_request(&mut self, request: Request<M, C>) {
+        if let Some(why) = &self.poisoned {
+            log::debug!("node {}: refusing a request: {why}", self.core.id());
+            return; // Dropping the request answers it `Stopped`.
+        }
+        let deadline = self.deadline_after(self.cfg.request_timeout);
+        match request {
+            Request::Write { command, reply } => match self.core.propose(command) {
+                Ok(index) => {
+                    self.pending.writes.insert(index, (self.core.current_term(), reply.proposed()));
+                }
+                Err(e) => reply.send(Err(self.refusal(e))),
+            },
+            Request::Read { read } => {
+                let ctx = self.pending.next_read_ctx;
+                self.pending.next_read_ctx += 1;
+                match self.core.read_index(ctx) {
+                    Ok(()) => {
+                        self.pending.unconfirmed_reads.insert(ctx, read);
+                    }
+                    Err(e) => read(Err(self.refusal(e))),
+                }
+            }
+            Request::ReadLocal { read } => read(Ok(&self.machine)),
+            Request::AwaitLeader { timeout, reply } => {
+                let deadline = self.deadline_after(timeout);
+                self.pending.leader_waiters.push((deadline, reply))
+            }
+            Request::Status { reply } => reply.send(Ok(self.status())),
+            Request::AddServer { id, addr, reply } => match self.core.add_server(id, addr) {
+                Ok(_) => self.pending.changes.push((Change::Add(id), deadline, reply.proposed())),
+                Err(e) => reply.send(Err(self.refusal(e))),
+            },
+            Request::RemoveServer { id, reply } => match self.core.remove_server(id) {
+                Ok(_) => self.pending.changes.push((Change::Remove(id), deadline, reply.proposed())),
+                Err(e) => reply.send(Err(self.refusal(e))),
+            },
+            Request::TriggerElection { reply } => reply.send(self.core.trigger_election().map_err(|e| self.refusal(e))),
+            Request::TransferLeadership { to, reply } => match self.core.transfer_leadership(to) {
+                Ok(()) if to == self.core.id() => reply.send(Ok(())),
+                Ok(()) => {
+                    if let Some((_, _, old)) = self.pending.transfer.replace((to, deadline, reply)) {
+                        old.send(Err(Error::TransferFailed));
+                    }
+                }
+                Err(e) => reply.send(Err(self.refusal(e))),
+            },
+        }
+    }
+
+    /// Does the work the inputs called for: persists and releases the core's output,
+    /// applies committed entries (within the apply budget), answers what is settled.
+    /// Returns whether committed entries remain to apply (call again soon).
+    pub fn advance(&mut self) -> bool {
+        self.process_ready();
+        let more = self.apply_committed();
+        self.pending.settle(&self.core, self.now);
+        more
+    }
+
+    /// Fails every pending request, as a node stopping does: proposed work gets
+    /// `LeadershipLost` (it may still be applied), the rest `Stopped`.
+    pub fn shutdown(&mut self) {
+        self.pending.fail_all();
+    }
+
+    // ----- outputs -----
+
+    /// Messages to send now.
+    pub fn take_outbox(&mut self) -> Vec<Envelope> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Whether role, leader or membership changed since the last call.
+    pub fn take_members_changed(&mut self) -> bool {
+        std::mem::take(&mut self.members_changed)
+    }
+
+    /// Why the replica stopped serving, if it did: its driver should stop the node.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    // ----- accessors -----
+
+    /// The Raft core.
+    pub fn core(&self) -> &Raft {
+        &self.core
+    }
+    /// The user's state machine.
+    pub fn machine(&self) -> &M {
+        &self.machine
+    }
+    /// The storage.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+    /// The storage, for a driver (or simulator) that makes it sync.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+    /// Index of the last entry applied to the state machine.
+    pub fn applied(&self) -> LogIndex {
+        self.applied
+    }
+
+    /// This replica's role, term, leader, indexes and members.
+    pub fn status(&self) -> Status {
+        let core = &self.core;
+        let m = core.membership();
+        let members = m
+            .voters
+            .iter()
+            .map(|(id, a)| (id, a, true))
+            .chain(m.learners.iter().map(|(id, a)| (id, a, false)))
+            .map(|(&id, addr, voter)| Member {
+                id,
+                addr: addr.parse().ok(),
+                voter,
+                match_index: core.progress(id).map(|p| p.match_index.0),
+            })
+            .collect();
+        Status {
+            id: core.id(),
+            role: core.role(),
+            term: core.current_term().0,
+            leader: core.leader_id(),
+            commit_index: core.commit_index().0,
+            applied_index: self.applied.0,
+            last_log_index: core.log().last_index().0,
+            members,
+            membership_committed: core.membership_index() <= core.commit_index(),
+            refused: None,
+        }
+    }
+
+    /// Checks the replica's invariants (the simulator calls it after every step).
+    pub fn check_invariants(&self) {
+        self.core.check_invariants();
+        assert!(self.applied <= self.core.commit_index(), "applied beyond commit");
+        assert!(self.storage.synced() <= self.appended, "storage synced more than it was given");
+        if self.core.role() != Role::Leader {
+            assert!(self.pending.writes.is_empty(), "only a leader waits on writes");
+        }
+    }
+
+    // ----- helpers -----
+
+    fn deadline_after(&self, timeout: Duration) -> Deadline {
+        let tick = self.cfg.tick.as_micros().max(1);
+        let ticks = timeout.as_micros().div_ceil(tick).min(u128::from(u32::MAX)) as u64;
+        self.now + ticks.max(1)
+    }
+
+    /// Turns the core's refusal into the client's error (nothing was proposed).
+    fn refusal(&self, e: ProposeError) -> Error {
+        use crate::core::MembershipError;
+        match e {
+            ProposeError::NotLeader(leader) => Error::Redirect { leader: leader.map(|id| self.peer_info(id)) },
+            ProposeError::TransferInProgress => Error::TransferInProgress,
+            ProposeError::ChangeInProgress => Error::ChangeInProgress,
+            ProposeError::NotCommittedInTerm => Error::NotCommittedInTerm,
+            ProposeError::InvalidChange(MembershipError::AlreadyMember(id)) => Error::AlreadyMember(id),
+            ProposeError::InvalidChange(MembershipError::NotAMember(id)) => Error::NotAMember(id),
+            ProposeError::InvalidChange(why) => Error::InvalidMembership(why.to_string()),
+            ProposeError::NotAVoter => Error::NotAVoter,
+        }
+    }
+
+    fn peer_info(&self, id: NodeId) -> Peer {
+        let addr = self.core.membership().address(id).and_then(|a| a.parse().ok());
+        Peer { id, addr }
+    }
+
+    fn poison(&mut self, why: String) {
+        log::error!("node {}: {why}; stopping", self.core.id());
+        if self.poisoned.is_none() {
+            self.poisoned = Some(why);
+        }
+    }
+}

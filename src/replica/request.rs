@@ -1,0 +1,73 @@
+//! What clients ask of a replica.
+
+use std::time::Duration;
+
+use super::reply::Channel;
+use crate::core::NodeId;
+use crate::error::Result;
+use crate::state_machine::StateMachine;
+use crate::status::Status;
+
+/// A closure that runs on the node thread against the state machine, or learns why not.
+pub type ReadFn<M> = Box<dyn FnOnce(Result<&M>) + Send>;
+
+/// One client request, carrying the way its answer goes back.
+pub enum Request<M: StateMachine, C: Channel> {
+    /// A command, already encoded (MessagePack) on the client's side.
+    Write {
+        /// The encoded command.
+        command: Vec<u8>,
+        /// Gets the state machine's response once the entry is applied here.
+        reply: C::Reply<M::Response>,
+    },
+    /// A linearizable read (ReadIndex, dissertation §6.4).
+    Read {
+        /// Runs once the read is confirmed and applied far enough.
+        read: ReadFn<M>,
+    },
+    /// A possibly stale read of this replica's state.
+    ReadLocal {
+        /// Runs at once.
+        read: ReadFn<M>,
+    },
+    /// Answer once a leader is known, or `Timeout` after `timeout`.
+    AwaitLeader {
+        /// How long to wait.
+        timeout: Duration,
+        /// Gets the leader's id.
+        reply: C::Reply<NodeId>,
+    },
+    /// The replica's role, term, indexes and members.
+    Status {
+        /// Gets the status.
+        reply: C::Reply<Status>,
+    },
+    /// Add a member, listening at `addr` (learner first, then voter).
+    AddServer {
+        /// The new member's id.
+        id: NodeId,
+        /// Its listen address.
+        addr: String,
+        /// Answered once a committed configuration lists it as a voter.
+        reply: C::Reply<()>,
+    },
+    /// Remove a member.
+    RemoveServer {
+        /// The member to remove.
+        id: NodeId,
+        /// Answered once the configuration without it is committed.
+        reply: C::Reply<()>,
+    },
+    /// Campaign now.
+    TriggerElection {
+        /// Answered once the campaign started.
+        reply: C::Reply<()>,
+    },
+    /// Hand leadership to `to`.
+    TransferLeadership {
+        /// The voter that should lead.
+        to: NodeId,
+        /// Answered once `to` leads.
+        reply: C::Reply<()>,
+    },
+}
