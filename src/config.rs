@@ -47,20 +47,23 @@ impl Config {
     /// Node `id` listening on `listen`. Defaults: election timeout 300 ms (randomized up to
     /// twice that), heartbeat 50 ms, request timeout 5 s, frames up to 16 MiB.
     pub fn new(id: NodeId, listen: SocketAddr) -> Config {
+        // One set of defaults: the core's, in ticks of `TICK`.
+        const TICK: Duration = Duration::from_millis(10);
+        let core = CoreConfig::new(id);
         Config {
             id,
             listen,
             peers: BTreeMap::new(),
             join: false,
             cluster_id: "quorate".into(),
-            tick: Duration::from_millis(10),
-            election_timeout: Duration::from_millis(300),
-            heartbeat_interval: Duration::from_millis(50),
+            tick: TICK,
+            election_timeout: TICK * core.election_ticks,
+            heartbeat_interval: TICK * core.heartbeat_ticks,
             request_timeout: Duration::from_secs(5),
             max_frame_bytes: 16 << 20,
-            max_append_bytes: 1 << 20,
-            max_append_entries: 4096,
-            max_inflight: 32,
+            max_append_bytes: core.max_append_bytes,
+            max_append_entries: core.max_append_entries,
+            max_inflight: core.max_inflight,
             client_queue: 65_536,
             duplicate_peer: None,
         }
@@ -255,8 +258,19 @@ mod tests {
     }
 
     #[test]
-    fn timings_become_ticks() {
+    fn timings_become_ticks_and_defaults_agree_with_the_core() {
         let c = Config::new(1, addr(1)).core_config();
         assert_eq!((c.election_ticks, c.heartbeat_ticks), (30, 5));
+        let core = CoreConfig::new(1);
+        assert_eq!(
+            (c.election_ticks, c.heartbeat_ticks, c.max_append_entries, c.max_append_bytes, c.max_inflight),
+            (
+                core.election_ticks,
+                core.heartbeat_ticks,
+                core.max_append_entries,
+                core.max_append_bytes,
+                core.max_inflight
+            )
+        );
     }
 }

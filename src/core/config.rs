@@ -24,15 +24,16 @@ pub struct CoreConfig {
 }
 
 impl CoreConfig {
-    /// Sensible defaults for server `id`: 10-tick elections, 2-tick heartbeats.
+    /// The defaults for server `id`, the same as [`crate::Config`]'s (whose 10 ms tick makes
+    /// them a 300 ms election timeout and 50 ms heartbeats).
     pub fn new(id: NodeId) -> CoreConfig {
         CoreConfig {
             id,
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            max_append_entries: 512,
+            election_ticks: 30,
+            heartbeat_ticks: 5,
+            max_append_entries: 4096,
             max_append_bytes: 1 << 20,
-            max_inflight: 64,
+            max_inflight: 32,
             seed: id,
         }
     }
@@ -52,29 +53,5 @@ impl CoreConfig {
             return Err("batch sizes and the in-flight bound must be non-zero".into());
         }
         Ok(())
-    }
-}
-
-/// A tiny deterministic PRNG (SplitMix64): the core's only source of randomness.
-#[derive(Clone, Debug)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `[lo, hi)`.
-    pub(crate) fn range(&mut self, lo: u32, hi: u32) -> u32 {
-        debug_assert!(lo < hi);
-        lo + (self.next_u64() % u64::from(hi - lo)) as u32
     }
 }

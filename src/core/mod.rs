@@ -17,6 +17,7 @@ pub mod quorum;
 mod reads;
 mod reconfig;
 mod replication;
+mod rng;
 mod types;
 
 #[cfg(test)]
@@ -27,12 +28,11 @@ pub use log::Log;
 pub use membership::{Membership, MembershipChange, MembershipError};
 pub use message::{AppendEntries, AppendEntriesResponse, Envelope, Message, MessageKind, RequestVote};
 pub use progress::{Progress, ReplicationState};
+pub use rng::SplitMix64;
 pub use types::{Entry, HardState, LogIndex, NodeId, Payload, Role, Term};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-
-use config::Rng;
 
 /// Why the core refused a request; nothing was appended to the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,7 +138,7 @@ struct Transfer {
 /// One server's Raft state machine (Figure 2).
 pub struct Raft {
     cfg: CoreConfig,
-    rng: Rng,
+    rng: SplitMix64,
 
     // Persistent state (Figure 2), plus the configuration as of the snapshot point.
     hard: HardState,
@@ -195,7 +195,7 @@ impl Raft {
     pub fn recover(cfg: CoreConfig, hard: HardState, log: Log, base_membership: Membership) -> Raft {
         cfg.validate().expect("core config was validated by the caller");
         let mut raft = Raft {
-            rng: Rng::new(cfg.seed),
+            rng: SplitMix64::new(cfg.seed),
             cfg,
             hard,
             durable_hard: hard,

@@ -1,8 +1,10 @@
 //! The safety properties of Raft (Figure 3), checked after every simulator step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use quorate::core::{Entry, LogIndex, NodeId, Payload, Raft, Role, Term};
+
+use super::clients::{Outcome, Refusal};
 
 /// A short fingerprint of an entry's payload, so the checker need not keep payloads.
 pub fn fingerprint(payload: &Payload) -> u64 {
@@ -63,8 +65,21 @@ pub struct Checker {
     entries: HashMap<(LogIndex, Term), (u64, Term)>,
     /// Committed entries, by index (position 0 is index 1).
     committed: Vec<Committed>,
-    /// State machine safety: the state fingerprint after applying each index.
-    states: Vec<u64>,
+    /// The committed commands in log order, each with the state's hash after it: the one
+    /// state sequence every server's machine must follow (§5.4.3).
+    chain: Vec<(u64, u64)>,
+    /// Where each committed command sits: (its position in `chain`, 1-based; its index).
+    placed: HashMap<u64, (u64, LogIndex)>,
+    /// Commands whose writer was told, for certain, that they were not applied.
+    refused: HashSet<u64>,
+    /// The most commands any acknowledged write had seen applied: a read issued after that
+    /// acknowledgement must see at least as many (linearizability).
+    pub acked_floor: u64,
+    /// Answers checked.
+    pub writes_acked: u64,
+    pub writes_refused: u64,
+    pub writes_indeterminate: u64,
+    pub reads_checked: u64,
 }
 
 /// Per-server memory the checker needs between steps.
@@ -134,9 +149,18 @@ impl Checker {
         if let Some(c) = self.committed.get_mut(pos) {
             assert_eq!((c.term, c.fingerprint), (entry.term, fp), "node {id}: committed {} differs", entry.index);
             c.commit_term = c.commit_term.min(observer_term);
-        } else {
-            assert_eq!(pos, self.committed.len(), "node {id}: commit gap before {}", entry.index);
-            self.committed.push(Committed { term: entry.term, fingerprint: fp, commit_term: observer_term });
+            return;
+        }
+        assert_eq!(pos, self.committed.len(), "node {id}: commit gap before {}", entry.index);
+        self.committed.push(Committed { term: entry.term, fingerprint: fp, commit_term: observer_term });
+        if let Payload::Command(bytes) = &entry.payload {
+            let cmd: u64 = rmp_serde::from_slice(bytes).expect("simulated commands are u64s");
+            assert!(!self.refused.contains(&cmd), "command {cmd} committed at {} after a certain refusal", entry.index);
+            let mut h = Fnv(self.chain.last().map_or(Fnv::default().0, |&(_, h)| h));
+            h.write(&cmd.to_le_bytes());
+            self.chain.push((cmd, h.0));
+            let previous = self.placed.insert(cmd, (self.chain.len() as u64, entry.index));
+            assert!(previous.is_none(), "command {cmd} committed twice");
         }
     }
 
@@ -158,24 +182,66 @@ impl Checker {
         }
     }
 
-    /// State machine safety (§5.4.3): every server reaches the same state at each index.
-    pub fn check_applied(&mut self, id: NodeId, index: LogIndex, state: u64) {
-        let pos = (index.0 - 1) as usize;
-        if let Some(&known) = self.states.get(pos) {
-            assert_eq!(known, state, "state machine safety: node {id} diverges at {index}");
-        } else {
-            assert_eq!(pos, self.states.len(), "node {id} applied out of order at {index}");
-            self.states.push(state);
+    /// State machine safety (§5.4.3): a server's machine is in the state the committed
+    /// commands lead to, after exactly `count` of them.
+    pub fn check_machine(&self, id: NodeId, count: u64, hash: u64) {
+        assert!(
+            self.is_state(count, hash),
+            "state machine safety: node {id} is in no committed state ({count} commands)"
+        );
+    }
+
+    fn is_state(&self, count: u64, hash: u64) -> bool {
+        match count {
+            0 => hash == Fnv::default().0,
+            k => self.chain.get(k as usize - 1).is_some_and(|&(_, h)| h == hash),
         }
+    }
+
+    /// Checks one client answer against what the cluster committed.
+    pub fn check_outcome(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Write { cmd, result: Ok((answered, count, hash)) } => {
+                // An Ok names the entry that produced it: our command, applied exactly
+                // where the committed log has it.
+                assert_eq!(answered, cmd, "the write of {cmd} was answered with the response to {answered}");
+                let placed = self.placed.get(cmd).copied();
+                let Some((position, _)) = placed else { panic!("write of {cmd} acknowledged but not committed") };
+                assert_eq!(
+                    position, *count,
+                    "write of {cmd}: answered after {count} commands, committed as {position}"
+                );
+                assert!(self.is_state(*count, *hash), "write of {cmd}: its response is from no committed state");
+                self.acked_floor = self.acked_floor.max(*count);
+                self.writes_acked += 1;
+            }
+            Outcome::Write { cmd, result: Err(Refusal::Certain(why)) } => {
+                let placed = self.placed.get(cmd);
+                assert!(placed.is_none(), "write of {cmd} refused for certain ({why}) but committed at {placed:?}");
+                self.refused.insert(*cmd);
+                self.writes_refused += 1;
+            }
+            Outcome::Write { result: Err(Refusal::Indeterminate(_)), .. } => self.writes_indeterminate += 1,
+            Outcome::Read { node, floor, count, hash } => {
+                assert!(count >= floor, "stale read on node {node}: saw {count} commands, {floor} were acknowledged");
+                assert!(self.is_state(*count, *hash), "read on node {node} saw no committed state");
+                self.reads_checked += 1;
+            }
+        }
+    }
+
+    /// Whether the writer of `cmd` was told, for certain, that it was not applied.
+    pub fn is_refused(&self, cmd: u64) -> bool {
+        self.refused.contains(&cmd)
+    }
+
+    /// The index of committed command `cmd`, if it is committed.
+    pub fn index_of(&self, cmd: u64) -> Option<LogIndex> {
+        self.placed.get(&cmd).map(|&(_, index)| index)
     }
 
     /// Highest index known committed anywhere.
     pub fn max_committed(&self) -> LogIndex {
         LogIndex(self.committed.len() as u64)
-    }
-
-    /// Whether the entry with this fingerprint was committed at `index`.
-    pub fn is_committed(&self, index: LogIndex, fp: u64) -> bool {
-        index.0 >= 1 && self.committed.get((index.0 - 1) as usize).is_some_and(|c| c.fingerprint == fp)
     }
 }

@@ -2,8 +2,11 @@
 #![allow(dead_code)]
 
 pub mod checker;
+pub mod clients;
 pub mod cluster;
 pub mod proxy;
 pub mod sim;
+pub mod sim_storage;
+pub mod trace;
 pub mod workload;
 pub mod writer;

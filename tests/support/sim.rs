@@ -1,28 +1,33 @@
-//! A deterministic simulator: Raft cores wired through a hostile network, all driven by
-//! one seeded RNG. One seed decides the whole run; the same seed replays it exactly.
+//! A deterministic simulator: replicas wired through a hostile network and slow, crashing
+//! storage, all driven by one seeded RNG. One seed decides the whole run; the same seed
+//! replays it exactly. It drives the same `Replica` as the mio runtime, so every answer a
+//! client gets is checked too.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::time::Duration;
 
-use quorate::core::{CoreConfig, HardState, Log, LogIndex, Membership, Message, NodeId, Payload, Raft, Ready, Role};
+use quorate::core::{CoreConfig, Membership, Message, MessageKind, NodeId, Raft, Role, SplitMix64};
+use quorate::replica::{ReadFn, Replica, ReplicaConfig, Request};
 
-use super::checker::{Checker, Fnv, NodeCheck, fingerprint};
+use super::checker::{Checker, NodeCheck};
+use super::clients::{Outcome, Outcomes, SimClient, SimMachine, SimReply, write_reply};
+use super::sim_storage::{Disk, SimStorage};
+use super::trace::{Event, Trace};
 
 /// Virtual time units per tick: nodes tick at staggered offsets, messages take units.
 pub const UNITS_PER_TICK: u64 = 4;
 
-/// SplitMix64.
-pub struct Rng(u64);
+/// The simulator's RNG: the project's SplitMix64, with helpers.
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x1234_5678)
+        Rng(SplitMix64::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D)))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// True with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
@@ -53,6 +58,9 @@ pub struct Faults {
     /// or while replicating: only a random part of its messages leave (Figure 8 shapes).
     pub crash_mid_send: f64,
     pub restart: f64,
+    /// Probability that an AppendEntries carries only a prefix of its entries, as a leader
+    /// with a smaller batch budget would send (every field stays true).
+    pub short_append: f64,
 }
 
 impl Faults {
@@ -69,6 +77,7 @@ impl Faults {
                 crash_leader: 0.0005,
                 crash_mid_send: 0.001,
                 restart: 0.01,
+                short_append: 0.01,
             },
             1 => Faults {
                 drop: 0.05,
@@ -80,6 +89,7 @@ impl Faults {
                 crash_leader: 0.002,
                 crash_mid_send: 0.005,
                 restart: 0.02,
+                short_append: 0.03,
             },
             _ => Faults {
                 drop: 0.15,
@@ -91,6 +101,7 @@ impl Faults {
                 crash_leader: 0.006,
                 crash_mid_send: 0.02,
                 restart: 0.05,
+                short_append: 0.1,
             },
         }
     }
@@ -105,24 +116,57 @@ impl Faults {
             crash_leader: 0.0,
             crash_mid_send: 0.0,
             restart: 1.0,
+            short_append: 0.0,
         }
     }
 }
 
-/// One simulated server: its core (None while crashed), what it persisted, what it applied.
+/// The settings one seed draws, each independently of the others.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub core: CoreConfig,
+    pub apply_entries_max: u64,
+    /// Storage syncs each batch as it is appended.
+    pub instant_storage: bool,
+    /// Otherwise: the chance per unit that a server with unsynced batches syncs them.
+    pub sync_chance: f64,
+}
+
+impl Settings {
+    fn draw(rng: &mut Rng) -> Settings {
+        let mut core = CoreConfig::new(1);
+        // A quarter of the seeds run with the defaults users get from `Config`.
+        if !rng.chance(0.25) {
+            core.election_ticks = rng.between(6, 30) as u32;
+            core.heartbeat_ticks = rng.between(1, u64::from(core.election_ticks / 3)) as u32;
+            core.max_append_entries = rng.pick(&[1, 2, 3, 5, 8, 64, 4096]).unwrap();
+            core.max_inflight = rng.pick(&[1, 2, 3, 4, 32]).unwrap();
+        }
+        let apply_entries_max = rng.pick(&[1, 3, 1024]).unwrap();
+        let instant_storage = rng.chance(0.3);
+        let sync_chance = rng.pick(&[0.5, 0.2, 0.05]).unwrap();
+        Settings { core, apply_entries_max, instant_storage, sync_chance }
+    }
+}
+
+type SimReplica = Replica<SimMachine, SimStorage, SimClient>;
+
+/// One simulated server: its replica (None while crashed) and the disk that outlives it.
 pub struct SimNode {
-    pub raft: Option<Raft>,
-    hard: HardState,
-    log: Log,
-    base: Membership,
-    cfg: CoreConfig,
-    pub applied: LogIndex,
-    state: Fnv,
+    pub replica: Option<SimReplica>,
+    disk: Rc<RefCell<Disk>>,
+    cfg: ReplicaConfig,
     check: NodeCheck,
-    /// Reads confirmed by the core, waiting for `applied` to reach their index.
-    reads: Vec<(u64, LogIndex)>,
+    /// Committed entries wait to be applied (the apply budget ran out).
+    backlog: bool,
     /// Removed from the cluster for good: no longer driven.
     pub retired: bool,
+}
+
+impl SimNode {
+    pub fn raft(&self) -> Option<&Raft> {
+        self.replica.as_ref().map(Replica::core)
+    }
 }
 
 struct InFlight {
@@ -137,36 +181,37 @@ pub struct Sim {
     pub seed: u64,
     pub rng: Rng,
     pub now: u64,
+    pub settings: Settings,
     pub nodes: BTreeMap<NodeId, SimNode>,
     net: Vec<InFlight>,
     /// Directed links that drop everything.
     cut: BTreeSet<(NodeId, NodeId)>,
     pub faults: Faults,
     pub checker: Checker,
-    /// Reads issued: ctx -> highest index known committed when it was issued.
-    read_floor: HashMap<u64, LogIndex>,
-    next_ctx: u64,
-    pub next_payload: u64,
-    pub reads_served: u64,
+    outcomes: Outcomes,
+    next_cmd: u64,
+    pub trace: Trace,
 }
 
 impl Sim {
     /// `n` servers that all start with the same configuration {1..=n}.
     pub fn new(seed: u64, n: u64, faults: Faults) -> Sim {
+        let mut rng = Rng::new(seed);
+        let settings = Settings::draw(&mut rng);
         let members = Membership::with_voters((1..=n).map(|id| (id, format!("n{id}"))));
         let mut sim = Sim {
             seed,
-            rng: Rng::new(seed),
+            rng,
             now: 0,
+            settings,
             nodes: BTreeMap::new(),
             net: Vec::new(),
             cut: BTreeSet::new(),
             faults,
             checker: Checker::default(),
-            read_floor: HashMap::new(),
-            next_ctx: 1,
-            next_payload: 1,
-            reads_served: 0,
+            outcomes: Outcomes::default(),
+            next_cmd: 1,
+            trace: Trace::default(),
         };
         for id in 1..=n {
             sim.add_node(id, members.clone());
@@ -174,64 +219,76 @@ impl Sim {
         sim
     }
 
-    /// Starts a fresh server with configuration `base` (empty: it waits to be added).
-    pub fn add_node(&mut self, id: NodeId, base: Membership) {
-        let mut cfg = CoreConfig::new(id);
-        cfg.seed = self.seed.wrapping_mul(31).wrapping_add(id);
-        cfg.max_append_entries = 1 + (self.seed % 8) as usize;
-        cfg.max_inflight = 1 + (self.seed % 4) as usize;
-        let node = SimNode {
-            raft: Some(Raft::new(cfg.clone(), base.clone())),
-            hard: HardState::default(),
-            log: Log::default(),
-            base,
-            cfg,
-            applied: LogIndex(0),
-            state: Fnv::default(),
-            check: NodeCheck::default(),
-            reads: Vec::new(),
-            retired: false,
+    /// Starts a fresh server with configuration `initial` (empty: it waits to be added).
+    pub fn add_node(&mut self, id: NodeId, initial: Membership) {
+        let mut core = self.settings.core.clone();
+        core.id = id;
+        core.seed = self.seed.wrapping_mul(31).wrapping_add(id);
+        let cfg = ReplicaConfig {
+            core,
+            initial,
+            tick: Duration::from_millis(10),
+            request_timeout: Duration::from_secs(5),
+            apply_entries_max: self.settings.apply_entries_max,
+            apply_time_max: None,
         };
+        let disk = Rc::new(RefCell::new(Disk::default()));
+        let mut node =
+            SimNode { replica: None, disk, cfg, check: NodeCheck::default(), backlog: false, retired: false };
+        node.replica = Some(self.boot(&node));
         self.nodes.insert(id, node);
     }
 
+    fn boot(&self, node: &SimNode) -> SimReplica {
+        let storage = SimStorage::new(node.disk.clone(), self.settings.instant_storage);
+        Replica::new(node.cfg.clone(), storage, SimMachine::default()).expect("simulated storage never fails")
+    }
+
     pub fn live_ids(&self) -> Vec<NodeId> {
-        self.nodes.iter().filter(|(_, n)| n.raft.is_some() && !n.retired).map(|(&id, _)| id).collect()
+        self.nodes.iter().filter(|(_, n)| n.replica.is_some() && !n.retired).map(|(&id, _)| id).collect()
     }
 
     /// The leader with the highest term among live servers.
     pub fn leader(&self) -> Option<NodeId> {
         self.nodes
             .iter()
-            .filter_map(|(&id, n)| {
-                n.raft.as_ref().filter(|r| r.role() == Role::Leader && !n.retired).map(|r| (r.current_term(), id))
-            })
+            .filter(|(_, n)| !n.retired)
+            .filter_map(|(&id, n)| n.raft().filter(|r| r.role() == Role::Leader).map(|r| (r.current_term(), id)))
             .max()
             .map(|(_, id)| id)
     }
 
-    pub fn raft(&mut self, id: NodeId) -> Option<&mut Raft> {
-        self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut())
+    pub fn raft(&self, id: NodeId) -> Option<&Raft> {
+        self.nodes.get(&id).and_then(SimNode::raft)
     }
 
-    /// Runs `f` on server `id`'s core and processes what it produced.
-    pub fn with<R>(&mut self, id: NodeId, f: impl FnOnce(&mut Raft) -> R) -> Option<R> {
-        let r = f(self.raft(id)?);
+    /// Runs `f` on server `id`'s replica and processes what it produced.
+    pub fn with<R>(&mut self, id: NodeId, f: impl FnOnce(&mut SimReplica) -> R) -> Option<R> {
+        let r = f(self.nodes.get_mut(&id)?.replica.as_mut()?);
         self.process(id);
         Some(r)
     }
 
-    /// One unit of virtual time: faults, ticks, deliveries.
+    /// One unit of virtual time: faults, ticks, deliveries, syncs.
     pub fn step(&mut self) {
         self.now += 1;
         self.maybe_fault();
-        let ids: Vec<NodeId> = self.live_ids();
-        for id in ids {
+        for id in self.live_ids() {
             if (self.now + id).is_multiple_of(UNITS_PER_TICK) {
-                self.with(id, Raft::tick);
+                self.with(id, Replica::tick);
             }
         }
         self.deliver_due();
+        for id in self.live_ids() {
+            let node = &self.nodes[&id];
+            let unsynced = node.replica.as_ref().is_some_and(|r| r.storage().has_unsynced());
+            if unsynced && self.rng.chance(self.settings.sync_chance) {
+                self.trace.push(self.now, Event::Sync(id));
+                self.with(id, |r| r.storage_mut().sync());
+            } else if node.backlog {
+                self.process(id);
+            }
+        }
     }
 
     fn deliver_due(&mut self) {
@@ -245,43 +302,28 @@ impl Sim {
                 k += 1;
             }
         }
-        // swap_remove scrambles order: sort by arrival time, then break ties by the RNG
-        // so the order is still decided by the seed alone.
+        // swap_remove scrambles order: sort so the order is decided by the seed alone.
         due.sort_by_key(|m| (m.at, m.from, m.to));
         for m in due {
-            let deliverable = self.nodes.get(&m.to).is_some_and(|n| n.raft.is_some() && !n.retired);
+            let deliverable = self.nodes.get(&m.to).is_some_and(|n| n.replica.is_some() && !n.retired);
             if deliverable && !self.cut.contains(&(m.from, m.to)) {
+                self.trace.push(now, Event::deliver(m.from, m.to, &m.msg));
                 self.with(m.to, |r| r.step(m.from, m.msg));
             }
         }
     }
 
-    /// Persists, sends, applies and checks what server `id` produced.
+    /// Advances server `id`'s replica, checks it, sends what it produced, checks answers.
     fn process(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
-        let Some(raft) = node.raft.as_mut() else { return };
-        let ready: Ready = raft.take_ready();
-        // Persist first (the ordering rule on `Ready`).
-        if let Some(hard) = ready.hard_state {
-            node.hard = hard;
-        }
-        if let Some(from) = ready.log_changed_from {
-            node.log.truncate_after(from.prev());
-            for e in &raft.log().entries()[(from.0 - 1 - raft.log().snapshot_index().0) as usize..] {
-                node.log.push(e.clone());
-            }
-        }
-        for (ctx, index) in ready.reads.iter().map(|r| (r.ctx, r.index)) {
-            node.reads.push((ctx, index));
-        }
-        for ctx in &ready.dropped_reads {
-            self.read_floor.remove(ctx);
-        }
-        let node = self.nodes.get_mut(&id).expect("known node");
-        let raft = node.raft.as_ref().expect("live");
-        self.checker.check_node(raft, &mut node.check, ready.log_changed_from);
-        self.apply(id);
-        let mut messages = ready.messages;
+        let Some(replica) = node.replica.as_mut() else { return };
+        node.backlog = replica.advance();
+        let changed_from = replica.storage_mut().take_changed_from();
+        replica.check_invariants();
+        self.checker.check_node(replica.core(), &mut node.check, changed_from);
+        let machine = replica.machine();
+        self.checker.check_machine(id, machine.count, machine.hash.0);
+        let mut messages = replica.take_outbox();
         let crash = self.may_crash_mid_send(id, messages.len());
         if crash {
             let keep = self.rng.between(0, messages.len() as u64 - 1) as usize;
@@ -293,59 +335,44 @@ impl Sim {
         if crash {
             self.crash(id);
         }
+        self.check_outcomes();
+    }
+
+    fn check_outcomes(&mut self) {
+        let outcomes: Vec<Outcome> = std::mem::take(&mut *self.outcomes.lock().unwrap());
+        for outcome in &outcomes {
+            self.trace.push(self.now, Event::Answer(format!("{outcome:?}")));
+            self.checker.check_outcome(outcome);
+        }
     }
 
     /// Whether leader `id` crashes part-way through sending this batch: far more likely
     /// while it holds uncommitted entries (just elected, or replicating), which then end
     /// up on only some servers.
     fn may_crash_mid_send(&mut self, id: NodeId, messages: usize) -> bool {
-        let node = &self.nodes[&id];
-        let Some(raft) = node.raft.as_ref() else { return false };
+        let Some(raft) = self.raft(id) else { return false };
         if raft.role() != Role::Leader || messages < 2 {
             return false;
         }
+        let has_uncommitted = raft.commit_index() < raft.log().last_index();
         let live = self.live_ids().len();
         if live * 2 <= self.nodes.len() + 1 {
             return false;
         }
-        let has_uncommitted = raft.commit_index() < raft.log().last_index();
         let p = if has_uncommitted { self.faults.crash_mid_send * 10.0 } else { self.faults.crash_mid_send };
         self.rng.chance(p)
     }
 
-    fn apply(&mut self, id: NodeId) {
-        let node = self.nodes.get_mut(&id).expect("known node");
-        let raft = node.raft.as_ref().expect("live");
-        while node.applied < raft.commit_index() {
-            let index = node.applied.next();
-            let entry = raft.log().get(index).expect("committed entry in log");
-            if let Payload::Command(bytes) = &entry.payload {
-                node.state.write(bytes);
-            }
-            node.applied = index;
-            self.checker.check_applied(id, index, node.state.0);
-        }
-        let applied = node.applied;
-        let mut served = Vec::new();
-        node.reads.retain(|&(ctx, index)| {
-            if index <= applied {
-                served.push((ctx, index));
-                false
-            } else {
-                true
-            }
-        });
-        for (ctx, index) in served {
-            // Linearizability: the read sees every write committed before it was issued.
-            let floor = self.read_floor.remove(&ctx).expect("read was issued");
-            assert!(index >= floor, "stale read on node {id}: read index {index} < committed {floor} at issue");
-            self.reads_served += 1;
-        }
-    }
-
-    fn send(&mut self, from: NodeId, to: NodeId, msg: Message) {
+    fn send(&mut self, from: NodeId, to: NodeId, mut msg: Message) {
         if self.rng.chance(self.faults.drop) {
             return;
+        }
+        if let MessageKind::AppendEntries(ae) = &mut msg.kind
+            && !ae.entries.is_empty()
+            && self.rng.chance(self.faults.short_append)
+        {
+            let keep = self.rng.between(0, ae.entries.len() as u64 - 1) as usize;
+            ae.entries.truncate(keep);
         }
         let copies = if self.rng.chance(self.faults.duplicate) { 2 } else { 1 };
         for _ in 0..copies {
@@ -355,23 +382,40 @@ impl Sim {
         }
     }
 
-    /// Proposes a unique command at server `id`; returns (index, fingerprint) if accepted.
-    pub fn propose(&mut self, id: NodeId) -> Option<(LogIndex, u64)> {
-        let payload = self.next_payload.to_le_bytes().to_vec();
-        self.next_payload += 1;
-        let fp = fingerprint(&Payload::Command(payload.clone()));
-        let index = self.with(id, |r| r.propose(payload))?.ok()?;
-        Some((index, fp))
+    /// A client writes a fresh command at server `id`; returns the command.
+    pub fn write(&mut self, id: NodeId) -> u64 {
+        let cmd = self.next_cmd;
+        self.next_cmd += 1;
+        let command = rmp_serde::to_vec(&cmd).expect("a u64 encodes");
+        let reply = write_reply(&self.outcomes, cmd);
+        self.trace.push(self.now, Event::Write(id, cmd));
+        self.with(id, |r| r.on_request(Request::Write { command, reply }));
+        cmd
     }
 
-    /// Issues a linearizable read at server `id`.
+    /// A client issues a linearizable read at server `id`: it must see every write
+    /// acknowledged before now.
     pub fn read(&mut self, id: NodeId) {
-        let ctx = self.next_ctx;
-        self.next_ctx += 1;
-        self.read_floor.insert(ctx, self.checker.max_committed());
-        if self.with(id, |r| r.read_index(ctx)).and_then(Result::ok).is_none() {
-            self.read_floor.remove(&ctx);
-        }
+        let floor = self.checker.acked_floor;
+        let outcomes = self.outcomes.clone();
+        let read: ReadFn<SimMachine> = Box::new(move |machine| {
+            if let Ok(m) = machine {
+                let outcome = Outcome::Read { node: id, floor, count: m.count, hash: m.hash.0 };
+                outcomes.lock().unwrap().push(outcome);
+            }
+        });
+        self.trace.push(self.now, Event::Read(id));
+        self.with(id, |r| r.on_request(Request::Read { read }));
+    }
+
+    /// A membership change, transfer or election request whose answer nobody checks.
+    pub fn admin(&mut self, id: NodeId, request: Request<SimMachine, SimClient>, what: String) {
+        self.trace.push(self.now, Event::Admin(id, what));
+        self.with(id, |r| r.on_request(request));
+    }
+
+    pub fn ignored<T>() -> SimReply<T> {
+        SimReply::ignored()
     }
 
     fn maybe_fault(&mut self) {
@@ -380,6 +424,7 @@ impl Sim {
             self.partition();
         }
         if !self.cut.is_empty() && self.rng.chance(f.heal) {
+            self.trace.push(self.now, Event::Heal);
             self.cut.clear();
         }
         let live = self.live_ids();
@@ -398,7 +443,7 @@ impl Sim {
         }
         if self.rng.chance(f.restart) {
             let down: Vec<NodeId> =
-                self.nodes.iter().filter(|(_, n)| n.raft.is_none() && !n.retired).map(|(&id, _)| id).collect();
+                self.nodes.iter().filter(|(_, n)| n.replica.is_none() && !n.retired).map(|(&id, _)| id).collect();
             if let Some(id) = self.rng.pick(&down) {
                 self.restart(id);
             }
@@ -426,25 +471,35 @@ impl Sim {
                 }
             }
         }
+        self.trace.push(self.now, Event::Partition(self.cut.len()));
     }
 
-    /// Crash: volatile state and in-flight reads are lost; persisted state survives.
+    /// Crash: volatile state is lost, and so is what storage had not synced, except a
+    /// random prefix of it that reached the disk anyway. Half the crashes are graceful
+    /// stops, which answer every pending request first.
     pub fn crash(&mut self, id: NodeId) {
+        let graceful = self.rng.chance(0.5);
         let node = self.nodes.get_mut(&id).expect("known node");
-        node.raft = None;
-        for (ctx, _) in node.reads.drain(..) {
-            self.read_floor.remove(&ctx);
+        let Some(mut replica) = node.replica.take() else { return };
+        if graceful {
+            replica.shutdown();
         }
+        let unsynced = replica.storage().unsynced_len() as u64;
+        let keep = self.rng.between(0, unsynced) as usize;
+        replica.storage_mut().crash(keep);
+        drop(replica);
+        self.trace.push(self.now, Event::Crash { id, graceful, kept: keep, lost: unsynced as usize - keep });
+        self.check_outcomes();
     }
 
-    /// Restarts from persisted state; the state machine is rebuilt by re-applying the log.
+    /// Restarts from what the disk holds; the state machine is rebuilt by re-applying.
     pub fn restart(&mut self, id: NodeId) {
+        let node = &self.nodes[&id];
+        let replica = self.boot(node);
         let node = self.nodes.get_mut(&id).expect("known node");
-        let raft = Raft::recover(node.cfg.clone(), node.hard, node.log.clone(), node.base.clone());
-        node.raft = Some(raft);
-        node.applied = LogIndex(0);
-        node.state = Fnv::default();
+        node.replica = Some(replica);
         node.check = NodeCheck::default();
+        self.trace.push(self.now, Event::Restart(id));
         self.process(id);
     }
 
@@ -452,8 +507,9 @@ impl Sim {
     pub fn heal(&mut self) {
         self.faults = Faults::none();
         self.cut.clear();
+        self.trace.push(self.now, Event::Heal);
         let down: Vec<NodeId> =
-            self.nodes.iter().filter(|(_, n)| n.raft.is_none() && !n.retired).map(|(&id, _)| id).collect();
+            self.nodes.iter().filter(|(_, n)| n.replica.is_none() && !n.retired).map(|(&id, _)| id).collect();
         for id in down {
             self.restart(id);
         }
@@ -463,7 +519,7 @@ impl Sim {
     pub fn retire(&mut self, id: NodeId) {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.retired = true;
-            n.raft = None;
+            n.replica = None;
         }
     }
 
