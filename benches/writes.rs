@@ -71,12 +71,7 @@ fn cluster() -> (Vec<Node<Counter>>, Client<Counter>) {
         .into_iter()
         .enumerate()
         .map(|(i, l)| {
-            let mut config = Config::new(i as u64 + 1, addrs[i]);
-            for (j, a) in addrs.iter().enumerate() {
-                if j != i {
-                    config = config.peer(j as u64 + 1, *a);
-                }
-            }
+            let config = Config::new(i as u64 + 1, addrs[i]).members((1..).zip(addrs.iter().copied()));
             Node::start_with_listener(config, l, Counter::default()).unwrap()
         })
         .collect();

@@ -42,12 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut nodes: Vec<Option<Node<Counter>>> = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let id = i as u64 + 1;
-        let mut config = Config::new(id, addrs[i]);
-        for (j, addr) in addrs.iter().enumerate() {
-            if j != i {
-                config = config.peer(j as u64 + 1, *addr);
-            }
-        }
+        let config = Config::new(id, addrs[i]).members((1..).zip(addrs.iter().copied()));
         nodes.push(Some(Node::start_with_listener(config, listener, Counter::default())?));
         println!("started node {id} on {}", addrs[i]);
     }

@@ -182,10 +182,7 @@ fn main() {
 // One node and its command line.
 
 fn run_node(options: Options) -> Result<(), Box<dyn std::error::Error>> {
-    let mut config = Config::new(options.id, options.listen);
-    for &(id, addr) in &options.peers {
-        config = config.peer(id, addr);
-    }
+    let mut config = Config::new(options.id, options.listen).members(options.peers.iter().copied());
     if options.join {
         config = config.join();
     }

@@ -78,6 +78,19 @@ impl Config {
         self
     }
 
+    /// Adds every member of `members` (id and listen address) but this node itself as a
+    /// peer: the one line that gives each node of a new cluster the same member list.
+    ///
+    /// ```
+    /// let addrs = [(1, "127.0.0.1:7001".parse().unwrap()), (2, "127.0.0.1:7002".parse().unwrap())];
+    /// let config = quorate::Config::new(2, addrs[1].1).members(addrs);
+    /// assert!(config.validate().is_ok());
+    /// ```
+    pub fn members(self, members: impl IntoIterator<Item = (NodeId, SocketAddr)>) -> Config {
+        let id = self.id;
+        members.into_iter().filter(|&(peer, _)| peer != id).fold(self, |c, (peer, addr)| c.peer(peer, addr))
+    }
+
     /// Starts with no configuration: the node never campaigns and waits for a leader to
     /// add it with `add_server` (it then learns the members from the log).
     pub fn join(mut self) -> Config {

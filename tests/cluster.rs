@@ -130,12 +130,7 @@ fn a_restarted_memory_only_node_is_refused() {
     // Same id, same address, empty state.
     let addr = cluster.addrs[&victim];
     let listener = std::net::TcpListener::bind(addr).expect("rebind the old address");
-    let mut config = test_config(victim, addr);
-    for (&id, &a) in &cluster.addrs {
-        if id != victim {
-            config = config.peer(id, a);
-        }
-    }
+    let config = test_config(victim, addr).members(cluster.addrs.clone());
     let reborn = Node::start_with_listener(config, listener, Recorder::default()).unwrap();
     wait_until("the others refuse the restarted node", || reborn.client().status().unwrap().refused.is_some());
     let why = reborn.client().status().unwrap().refused.unwrap();

@@ -7,7 +7,7 @@
 //! 1. feed inputs: [`Replica::tick`], [`Replica::step`], [`Replica::on_request`];
 //! 2. call [`Replica::advance`]: it persists and releases the core's output, applies
 //!    committed entries and answers what is settled;
-//! 3. send [`Replica::take_outbox`]; when [`Replica::take_members_changed`] says so,
+//! 3. send [`Replica::drain_outbox`]; when [`Replica::take_members_changed`] says so,
 //!    update where peers are dialed;
 //! 4. when storage finishes a sync on its own (a writer thread), call
 //!    [`Replica::advance`] again.
@@ -181,9 +181,9 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
 
     // ----- outputs -----
 
-    /// Messages to send now.
-    pub fn take_outbox(&mut self) -> Vec<Envelope> {
-        std::mem::take(&mut self.outbox)
+    /// Messages to send now (the buffer is kept for the next turn).
+    pub fn drain_outbox(&mut self) -> std::vec::Drain<'_, Envelope> {
+        self.outbox.drain(..)
     }
 
     /// Whether role, leader or membership changed since the last call.

@@ -166,7 +166,7 @@ impl<M: StateMachine> NodeLoop<M> {
         }
         let more_requests = self.drain_requests();
         let more_to_apply = self.replica.advance();
-        for env in self.replica.take_outbox() {
+        for env in self.replica.drain_outbox() {
             self.peers.send(self.poll.registry(), env.to, env.message, now);
         }
         if self.replica.take_members_changed() {

@@ -94,12 +94,7 @@ impl Cluster {
         let mut nodes = BTreeMap::new();
         for (i, l) in ls.into_iter().enumerate() {
             let id = i as u64 + 1;
-            let mut config = test_config(id, addrs[&id]);
-            for (&peer, &addr) in &addrs {
-                if peer != id {
-                    config = config.peer(peer, addr);
-                }
-            }
+            let config = test_config(id, addrs[&id]).members(addrs.clone());
             nodes.insert(id, Node::start_with_listener(tweak(config), l, Recorder::default()).expect("start node"));
         }
         Cluster { nodes, addrs }

@@ -323,7 +323,7 @@ impl Sim {
         self.checker.check_node(replica.core(), &mut node.check, changed_from);
         let machine = replica.machine();
         self.checker.check_machine(id, machine.count, machine.hash.0);
-        let mut messages = replica.take_outbox();
+        let mut messages: Vec<_> = replica.drain_outbox().collect();
         let crash = self.may_crash_mid_send(id, messages.len());
         if crash {
             let keep = self.rng.between(0, messages.len() as u64 - 1) as usize;
