@@ -38,6 +38,14 @@ fn membership_churn() {
     assert!(stats.committed > 0);
 }
 
+/// A cluster that starts with one voter and grows (and shrinks) by churn: the only shape
+/// in which a lone voter leads, and learners follow it.
+#[test]
+fn membership_churn_from_one_voter() {
+    let stats = run_seeds("membership_churn_from_one_voter", seeds(0, SEEDS_PER_TEST / 4), scenario(1, true));
+    assert!(stats.committed > 0);
+}
+
 /// Seeds that once failed, kept as regressions: (seed, nodes, churn). The first three
 /// failed on the simulator before it drove replicas; they replay other histories now.
 const REGRESSIONS: &[(u64, u64, bool)] = &[

@@ -57,7 +57,10 @@ impl Raft {
             self.hard.current_term
         };
         // A pre-vote changes nothing, so it counts at once; a real vote counts once durable
-        // (see `on_hard_state_persisted`), which a fresh term never is yet.
+        // (see `on_hard_state_persisted`), which a fresh term never is yet. Other voters'
+        // answers need our RequestVote, which leaves only after that sync too; so this
+        // matters for a lone voter, which would otherwise lead (and send its entries to
+        // learners) in a term a crash could make it forget and lead again differently.
         if pre_vote || self.durable_hard == self.hard {
             self.votes.insert(self.cfg.id, true);
         }
@@ -116,10 +119,6 @@ impl Raft {
     pub(super) fn poll_votes(&mut self, pre_vote: bool) -> bool {
         match quorum::tally(&self.membership, self.votes.iter().map(|(&id, &g)| (id, g))) {
             VoteResult::Won if pre_vote => self.campaign(false, false),
-            // A leader's messages leave before its writes are durable, so it must not lead
-            // before its own term and vote are: a crash could otherwise let it lead the
-            // same term twice with different entries.
-            VoteResult::Won if !self.votes.contains_key(&self.cfg.id) => return false,
             VoteResult::Won => self.become_leader(),
             VoteResult::Lost => {
                 let term = self.hard.current_term;

@@ -294,3 +294,6 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

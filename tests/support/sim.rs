@@ -355,12 +355,19 @@ impl Sim {
             return false;
         }
         let has_uncommitted = raft.commit_index() < raft.log().last_index();
-        let live = self.live_ids().len();
-        if live * 2 <= self.nodes.len() + 1 {
+        if !self.may_crash_one() {
             return false;
         }
         let p = if has_uncommitted { self.faults.crash_mid_send * 10.0 } else { self.faults.crash_mid_send };
         self.rng.chance(p)
+    }
+
+    /// Whether one more server may go down: a majority stays up, or every server is up (a
+    /// lone voter must crash too).
+    fn may_crash_one(&self) -> bool {
+        let live = self.live_ids().len();
+        let all = self.nodes.values().filter(|n| !n.retired).count();
+        live * 2 > all + 1 || live == all
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, mut msg: Message) {
@@ -428,14 +435,14 @@ impl Sim {
             self.cut.clear();
         }
         let live = self.live_ids();
-        let all = self.nodes.len();
-        if live.len() * 2 > all + 1
+        let may_crash = self.may_crash_one();
+        if may_crash
             && self.rng.chance(f.crash)
             && let Some(id) = self.rng.pick(&live)
         {
             self.crash(id);
         }
-        if live.len() * 2 > all + 1
+        if may_crash
             && self.rng.chance(f.crash_leader)
             && let Some(id) = self.leader()
         {

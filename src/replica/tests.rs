@@ -1,0 +1,132 @@
+//! The replica's side of the persistence contract, with a storage the test syncs by hand.
+
+use std::cell::RefCell;
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::*;
+use crate::core::{AppendEntries, Entry, HardState, MessageKind, Payload, Term};
+use crate::runtime::request::Local;
+use crate::storage::Recovered;
+
+/// Records batches; `synced` moves only when the test says so; can be told to fail.
+#[derive(Clone, Default)]
+struct ManualStorage {
+    state: Rc<RefCell<(u64, u64, bool)>>, // (appended, synced, fail writes)
+}
+
+impl ManualStorage {
+    fn sync(&self, upto: u64) {
+        let mut s = self.state.borrow_mut();
+        s.1 = upto.min(s.0);
+    }
+}
+
+impl Storage for ManualStorage {
+    fn recover(&mut self) -> io::Result<Recovered> {
+        Ok(Recovered::default())
+    }
+    fn append(&mut self, _: Option<HardState>, _: Option<LogIndex>, _: &[Entry]) -> io::Result<()> {
+        let mut s = self.state.borrow_mut();
+        if s.2 {
+            return Err(io::Error::other("disk full"));
+        }
+        s.0 += 1;
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn synced(&self) -> u64 {
+        self.state.borrow().1
+    }
+}
+
+struct Nothing;
+impl StateMachine for Nothing {
+    type Command = ();
+    type Response = ();
+    fn apply(&mut self, _: ()) {}
+}
+
+fn follower(storage: ManualStorage) -> Replica<Nothing, ManualStorage, Local> {
+    let cfg = ReplicaConfig {
+        core: CoreConfig::new(2),
+        initial: Membership::with_voters((1..=3).map(|id| (id, format!("n{id}")))),
+        tick: Duration::from_millis(10),
+        request_timeout: Duration::from_secs(1),
+        apply_entries_max: 16,
+        apply_time_max: None,
+    };
+    Replica::new(cfg, storage, Nothing).unwrap()
+}
+
+fn append(term: u64, prev: (u64, u64), entries: &[(u64, u64)]) -> Message {
+    let entries = entries
+        .iter()
+        .map(|&(index, term)| Entry { index: LogIndex(index), term: Term(term), payload: Payload::Noop })
+        .collect();
+    let ae = AppendEntries {
+        prev_log_index: LogIndex(prev.0),
+        prev_log_term: Term(prev.1),
+        entries,
+        leader_commit: LogIndex(0),
+    };
+    Message { term: Term(term), kind: MessageKind::AppendEntries(ae) }
+}
+
+/// A follower's acknowledgement leaves only once the batch it rests on is durable.
+#[test]
+fn acknowledgements_wait_for_their_batch() {
+    let storage = ManualStorage::default();
+    let mut r = follower(storage.clone());
+    r.step(1, append(1, (0, 0), &[(1, 1)]));
+    r.advance();
+    assert_eq!(r.drain_outbox().count(), 0, "the ack waits for the sync");
+    storage.sync(1);
+    r.advance();
+    let sent: Vec<_> = r.drain_outbox().collect();
+    assert!(matches!(
+        sent[..],
+        [Envelope { to: 1, message: Message { kind: MessageKind::AppendEntriesResponse(_), .. } }]
+    ));
+    assert_eq!(r.core().persisted_index(), LogIndex(1));
+}
+
+/// A durable batch vouches only for the entries no later batch overwrote: the disk may
+/// hold that later batch's truncation, not the entries the first one wrote (even when a
+/// third batch wrote them back).
+#[test]
+fn a_synced_batch_does_not_vouch_for_entries_a_later_batch_truncated() {
+    let storage = ManualStorage::default();
+    let mut r = follower(storage.clone());
+    r.step(1, append(1, (0, 0), &[(1, 1), (2, 1), (3, 1)])); // batch 1
+    r.advance();
+    r.step(4, append(2, (1, 1), &[(2, 2)])); // batch 2: leader of term 2 truncates at 2
+    r.advance();
+    r.step(5, append(3, (1, 1), &[(2, 1), (3, 1)])); // batch 3: term 3 writes them back
+    r.advance();
+    assert_eq!(r.core().log().last_index(), LogIndex(3));
+    storage.sync(2); // the disk now holds [1: t1, 2: t2]
+    r.advance();
+    assert_eq!(r.core().persisted_index(), LogIndex(1), "index 3 of term 1 is not on disk");
+    storage.sync(3);
+    r.advance();
+    assert_eq!(r.core().persisted_index(), LogIndex(3));
+}
+
+/// A write that fails stops the replica, and nothing that rests on it leaves.
+#[test]
+fn a_failed_write_stops_the_replica_and_sends_nothing() {
+    let storage = ManualStorage::default();
+    let mut r = follower(storage.clone());
+    storage.state.borrow_mut().2 = true;
+    r.step(1, append(1, (0, 0), &[(1, 1)]));
+    r.advance();
+    assert!(r.poisoned().is_some_and(|why| why.contains("disk full")));
+    storage.state.borrow_mut().2 = false;
+    r.step(1, append(1, (1, 1), &[(2, 1)]));
+    r.advance();
+    assert_eq!(r.drain_outbox().count(), 0);
+}
