@@ -39,8 +39,10 @@
 //! # }
 //! ```
 //!
-//! The Raft protocol itself lives in [`core`], a sans-IO state machine that the node's
-//! thread drives and a deterministic simulator tests under faults.
+//! The Raft protocol itself lives in [`core`], a sans-IO state machine. One server's
+//! bookkeeping (its [`storage`], the state machine, what every client is told) lives in
+//! [`replica`], also sans-IO: the node's thread drives it, and so does a deterministic
+//! simulator that tests it under faults.
 #![deny(missing_docs)]
 
 mod client;
