@@ -21,7 +21,7 @@ mod rng;
 mod types;
 
 #[cfg(test)]
-mod paper_tests;
+pub(crate) mod paper_tests;
 
 pub use config::CoreConfig;
 pub use log::Log;

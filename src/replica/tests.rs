@@ -6,7 +6,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::*;
-use crate::core::{AppendEntries, Entry, HardState, MessageKind, Payload, Term};
+use crate::core::paper_tests::harness::{append, entries_from};
+use crate::core::{Entry, HardState, MessageKind};
 use crate::runtime::request::Local;
 use crate::storage::Recovered;
 
@@ -62,26 +63,12 @@ fn follower(storage: ManualStorage) -> Replica<Nothing, ManualStorage, Local> {
     Replica::new(cfg, storage, Nothing).unwrap()
 }
 
-fn append(term: u64, prev: (u64, u64), entries: &[(u64, u64)]) -> Message {
-    let entries = entries
-        .iter()
-        .map(|&(index, term)| Entry { index: LogIndex(index), term: Term(term), payload: Payload::Noop })
-        .collect();
-    let ae = AppendEntries {
-        prev_log_index: LogIndex(prev.0),
-        prev_log_term: Term(prev.1),
-        entries,
-        leader_commit: LogIndex(0),
-    };
-    Message { term: Term(term), kind: MessageKind::AppendEntries(ae) }
-}
-
 /// A follower's acknowledgement leaves only once the batch it rests on is durable.
 #[test]
 fn acknowledgements_wait_for_their_batch() {
     let storage = ManualStorage::default();
     let mut r = follower(storage.clone());
-    r.step(1, append(1, (0, 0), &[(1, 1)]));
+    r.step(1, append(1, (0, 0), entries_from(1, &[1]), 0));
     r.advance();
     assert_eq!(r.drain_outbox().count(), 0, "the ack waits for the sync");
     storage.sync(1);
@@ -101,11 +88,11 @@ fn acknowledgements_wait_for_their_batch() {
 fn a_synced_batch_does_not_vouch_for_entries_a_later_batch_truncated() {
     let storage = ManualStorage::default();
     let mut r = follower(storage.clone());
-    r.step(1, append(1, (0, 0), &[(1, 1), (2, 1), (3, 1)])); // batch 1
+    r.step(1, append(1, (0, 0), entries_from(1, &[1, 1, 1]), 0)); // batch 1
     r.advance();
-    r.step(4, append(2, (1, 1), &[(2, 2)])); // batch 2: leader of term 2 truncates at 2
+    r.step(4, append(2, (1, 1), entries_from(2, &[2]), 0)); // batch 2: leader of term 2 truncates at 2
     r.advance();
-    r.step(5, append(3, (1, 1), &[(2, 1), (3, 1)])); // batch 3: term 3 writes them back
+    r.step(5, append(3, (1, 1), entries_from(2, &[1, 1]), 0)); // batch 3: term 3 writes them back
     r.advance();
     assert_eq!(r.core().log().last_index(), LogIndex(3));
     storage.sync(2); // the disk now holds [1: t1, 2: t2]
@@ -122,11 +109,11 @@ fn a_failed_write_stops_the_replica_and_sends_nothing() {
     let storage = ManualStorage::default();
     let mut r = follower(storage.clone());
     storage.state.borrow_mut().2 = true;
-    r.step(1, append(1, (0, 0), &[(1, 1)]));
+    r.step(1, append(1, (0, 0), entries_from(1, &[1]), 0));
     r.advance();
     assert!(r.poisoned().is_some_and(|why| why.contains("disk full")));
     storage.state.borrow_mut().2 = false;
-    r.step(1, append(1, (1, 1), &[(2, 1)]));
+    r.step(1, append(1, (1, 1), entries_from(2, &[1]), 0));
     r.advance();
     assert_eq!(r.drain_outbox().count(), 0);
 }

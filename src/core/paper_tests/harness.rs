@@ -26,7 +26,7 @@ pub(super) fn voters(n: u64) -> Membership {
 }
 
 /// Entries with the given terms, the first at index `first`.
-pub(super) fn entries_from(first: u64, terms: &[u64]) -> Vec<Entry> {
+pub(crate) fn entries_from(first: u64, terms: &[u64]) -> Vec<Entry> {
     terms
         .iter()
         .zip(first..)
@@ -91,7 +91,7 @@ pub(super) fn vote_resp(term: u64, granted: bool) -> Message {
     msg(term, MessageKind::RequestVoteResponse { granted, pre_vote: false })
 }
 
-pub(super) fn append(term: u64, prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> Message {
+pub(crate) fn append(term: u64, prev: (u64, u64), entries: Vec<Entry>, commit: u64) -> Message {
     let ae = AppendEntries {
         prev_log_index: LogIndex(prev.0),
         prev_log_term: Term(prev.1),

@@ -9,7 +9,7 @@
 //! can cut links and rewrite or drop messages. Every loop is bounded.
 
 mod election;
-mod harness;
+pub(crate) mod harness;
 mod persistence;
 mod reads_and_membership;
 mod replication;
