@@ -9,6 +9,7 @@
 
 mod config;
 mod election;
+mod guard;
 mod log;
 mod membership;
 mod message;
@@ -22,6 +23,7 @@ mod types;
 mod paper_tests;
 
 pub use config::CoreConfig;
+pub use guard::{Refused, TERM_JUMP_MAX, TERM_MAX};
 pub use log::Log;
 pub use membership::{Membership, MembershipChange};
 pub use message::{AppendEntries, AppendEntriesResponse, Envelope, Message, MessageKind, RequestVote};
@@ -165,6 +167,8 @@ pub struct Raft {
     hard_dirty: bool,
     /// Messages refused because they contradicted committed state (see `anomalies`).
     anomalies: u64,
+    /// Messages dropped at the door (see `guard.rs`).
+    refused: Refused,
 }
 
 impl Raft {
@@ -203,6 +207,7 @@ impl Raft {
             ready: Ready::default(),
             hard_dirty: false,
             anomalies: 0,
+            refused: Refused::default(),
         };
         raft.membership_index = raft.log.snapshot_index();
         raft.reload_membership();
@@ -327,7 +332,9 @@ impl Raft {
             ::log::warn!("node {}: dropping message claiming to come from {from}", self.cfg.id);
             return;
         }
-        debug_assert!(msg.check_well_formed().is_ok(), "the driver checks messages first");
+        if let Err(why) = self.screen(from, &msg) {
+            return self.on_refused(from, msg.term, why);
+        }
         if !self.on_term(from, &msg) {
             return;
         }

@@ -1,0 +1,222 @@
+//! The core's door: which messages it acts on at all.
+//!
+//! The transport authenticates a *cluster* (everyone holding the secret), not a sender
+//! id, and a cluster without a secret authenticates nobody. So the core trusts no sender
+//! id and no number from the wire: before [`Raft::step`] dispatches, [`Raft::screen`]
+//! drops (and counts) messages from servers outside the configuration, forced elections
+//! that do not come from this term's leader, and values that could only overflow or
+//! wrap our arithmetic. Each refusal is counted in [`Refused`] and logged at debug level;
+//! the protocol never sees the message.
+
+use super::Raft;
+use super::message::{Message, MessageKind};
+use super::types::{NodeId, Term};
+
+/// Terms at or above this are refused outright. Terms grow by one per election, so no
+/// honest cluster gets near it, and every `Term::next` on an accepted term has room.
+pub const TERM_MAX: u64 = u64::MAX / 2;
+
+/// Most a message's term may lie above ours. Pre-vote (dissertation §9.6) means a term
+/// only grows when a majority thought an election could win; 2^32 of those is more than
+/// a century of elections at one every second, while a forged `u64::MAX`-ish term (which
+/// would otherwise wedge the cluster at a term it can never leave) is refused.
+pub const TERM_JUMP_MAX: u64 = 1 << 32;
+
+/// How many messages the core dropped at its door, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refused {
+    /// From an id outside the latest configuration, where the protocol needs no exception.
+    pub non_member: u64,
+    /// A term beyond [`TERM_MAX`] or more than [`TERM_JUMP_MAX`] above ours.
+    pub absurd_term: u64,
+    /// A TimeoutNow that is not this term's leader handing over (§3.10).
+    pub forced_election: u64,
+    /// Numbers that answer nothing we sent, or a message of a shape the protocol rules out.
+    pub malformed: u64,
+}
+
+impl Refused {
+    /// All refusals together.
+    pub fn total(&self) -> u64 {
+        self.non_member + self.absurd_term + self.forced_election + self.malformed
+    }
+}
+
+/// Why [`Raft::screen`] dropped a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Refusal {
+    NonMember,
+    AbsurdTerm,
+    ForcedElection,
+    Malformed(&'static str),
+}
+
+impl Raft {
+    /// Checks `msg` from `from` before the protocol acts on it; `Err` means drop it.
+    pub(super) fn screen(&self, from: NodeId, msg: &Message) -> Result<(), Refusal> {
+        msg.check_well_formed().map_err(Refusal::Malformed)?;
+        let ours = self.hard.current_term;
+        if msg.term.0 >= TERM_MAX || msg.term.0 > ours.0.saturating_add(TERM_JUMP_MAX) {
+            return Err(Refusal::AbsurdTerm);
+        }
+        let from_leader = self.leader_id == Some(from) && msg.term == ours;
+        if !self.membership.contains(from) && !self.needs_non_member(from_leader, &msg.kind) {
+            return Err(Refusal::NonMember);
+        }
+        match msg.kind {
+            // A forced election skips leases; only this term's leader may ask for one.
+            MessageKind::TimeoutNow if !from_leader => Err(Refusal::ForcedElection),
+            // A round we never started cannot be acknowledged (it would confirm reads early).
+            MessageKind::HeartbeatResponse { read_seq } if read_seq > self.read_seq => {
+                Err(Refusal::Malformed("acknowledges a read round never sent"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Where the protocol must hear a server outside our configuration: a leader's
+    /// messages to a server not yet in its own configuration (a `join()` server being
+    /// added learns the configuration from the leader's log, §4.1), and a leader that was
+    /// accepted in this term and has since removed itself (§4.2.2: it tells followers the
+    /// commit index and hands over with TimeoutNow before stepping down). Responses need
+    /// no exception: a leader's progress map holds members only, learners included.
+    fn needs_non_member(&self, from_leader: bool, kind: &MessageKind) -> bool {
+        let from_a_leader =
+            matches!(kind, MessageKind::AppendEntries(_) | MessageKind::Heartbeat { .. } | MessageKind::TimeoutNow);
+        from_a_leader && (from_leader || !self.membership.contains(self.cfg.id))
+    }
+
+    /// Counts and logs a dropped message.
+    pub(super) fn on_refused(&mut self, from: NodeId, term: Term, why: Refusal) {
+        let counter = match why {
+            Refusal::NonMember => &mut self.refused.non_member,
+            Refusal::AbsurdTerm => &mut self.refused.absurd_term,
+            Refusal::ForcedElection => &mut self.refused.forced_election,
+            Refusal::Malformed(_) => &mut self.refused.malformed,
+        };
+        *counter += 1;
+        ::log::debug!("node {}: dropped a message from {from} at {term}: {why:?}", self.cfg.id);
+    }
+
+    /// How many messages this server dropped before acting on them, by reason.
+    pub fn refused(&self) -> Refused {
+        self.refused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::message::{AppendEntries, RequestVote};
+    use crate::core::types::{Entry, LogIndex, Payload, Role};
+    use crate::core::{CoreConfig, Membership};
+
+    fn voters(n: u64) -> Membership {
+        Membership::with_voters((1..=n).map(|id| (id, format!("n{id}"))))
+    }
+
+    fn cfg(id: NodeId) -> CoreConfig {
+        let mut c = CoreConfig::new(id);
+        c.election_ticks = 10;
+        c.heartbeat_ticks = 2;
+        c
+    }
+
+    fn heartbeat(term: u64) -> Message {
+        Message { term: Term(term), kind: MessageKind::Heartbeat { commit: LogIndex(0), read_seq: 0 } }
+    }
+
+    fn forced_vote(term: u64) -> Message {
+        let rv = RequestVote { last_log_index: LogIndex(0), last_log_term: Term(0), pre_vote: false, force: true };
+        Message { term: Term(term), kind: MessageKind::RequestVote(rv) }
+    }
+
+    fn append(term: u64, commit: u64, entries: &[u64]) -> Message {
+        let entries = entries
+            .iter()
+            .map(|&i| Entry { term: Term(term), index: LogIndex(i), payload: Payload::Command(vec![1]) })
+            .collect();
+        let ae = AppendEntries {
+            prev_log_index: LogIndex(0),
+            prev_log_term: Term(0),
+            entries,
+            leader_commit: LogIndex(commit),
+        };
+        Message { term: Term(term), kind: MessageKind::AppendEntries(ae) }
+    }
+
+    /// Issue 8, attack 1: a term of `u64::MAX` wedged every node at a term it could never
+    /// leave (`Term::next` wrapped). It is refused, whoever sends it.
+    #[test]
+    fn absurd_terms_are_refused() {
+        let mut r = Raft::new(cfg(1), voters(3));
+        for term in [u64::MAX, TERM_MAX, TERM_JUMP_MAX + 1] {
+            r.step(2, heartbeat(term));
+            assert_eq!(r.current_term(), Term(0), "term {term} adopted");
+        }
+        assert_eq!(r.refused().absurd_term, 3);
+        r.step(2, heartbeat(TERM_JUMP_MAX));
+        assert_eq!(r.current_term(), Term(TERM_JUMP_MAX), "a reachable term is adopted");
+    }
+
+    /// Issue 8, attacks 2 and 3: a made-up id cannot lead, vote or depose.
+    #[test]
+    fn non_members_are_dropped() {
+        let mut r = Raft::new(cfg(1), voters(3));
+        r.step(99, append(5, 2, &[1, 2]));
+        r.step(99, forced_vote(6));
+        r.step(99, heartbeat(7));
+        assert_eq!((r.current_term(), r.log().last_index(), r.leader_id()), (Term(0), LogIndex(0), None));
+        assert_eq!(r.refused().non_member, 3);
+        assert!(r.take_ready().messages.is_empty(), "nothing is answered to a non-member");
+    }
+
+    /// A leader deposed by a heartbeat from a fake id at its own term (attack 3).
+    #[test]
+    fn a_leader_ignores_a_non_member_at_its_term() {
+        let mut r = Raft::new(cfg(1), voters(1));
+        r.trigger_election().unwrap();
+        assert_eq!(r.role(), Role::Leader);
+        let term = r.current_term().0;
+        r.step(99, heartbeat(term));
+        r.step(99, heartbeat(term + 1));
+        assert_eq!(r.role(), Role::Leader);
+    }
+
+    /// A server outside its own configuration (a `join()` server) must hear the leader.
+    #[test]
+    fn a_server_being_added_hears_a_leader_it_does_not_know() {
+        let mut r = Raft::new(cfg(4), Membership::default());
+        r.step(1, append(3, 1, &[1]));
+        assert_eq!((r.leader_id(), r.commit_index()), (Some(1), LogIndex(1)));
+    }
+
+    /// A forced election is honoured only from this term's leader (§3.10).
+    #[test]
+    fn timeout_now_only_from_the_current_leader() {
+        let mut r = Raft::new(cfg(1), voters(3));
+        r.step(2, Message { term: Term(3), kind: MessageKind::TimeoutNow });
+        r.step(3, heartbeat(3));
+        r.step(2, Message { term: Term(3), kind: MessageKind::TimeoutNow });
+        assert_eq!((r.role(), r.current_term()), (Role::Follower, Term(3)));
+        assert_eq!(r.refused().forced_election, 2);
+        r.step(3, Message { term: Term(3), kind: MessageKind::TimeoutNow });
+        assert_eq!((r.role(), r.current_term()), (Role::Candidate, Term(4)));
+    }
+
+    /// A heartbeat answer for a round never sent would confirm reads early.
+    #[test]
+    fn unsent_read_rounds_are_refused() {
+        let mut r = Raft::new(cfg(1), voters(3));
+        r.step(2, Message { term: Term(0), kind: MessageKind::HeartbeatResponse { read_seq: u64::MAX } });
+        assert_eq!(r.refused().malformed, 1);
+    }
+
+    /// A malformed message is refused in every build, not only checked by a debug assertion.
+    #[test]
+    fn malformed_messages_are_refused_not_asserted() {
+        let mut r = Raft::new(cfg(1), voters(3));
+        r.step(2, append(1, 0, &[2]));
+        assert_eq!((r.refused().malformed, r.log().last_index()), (1, LogIndex(0)));
+    }
+}
