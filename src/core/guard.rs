@@ -74,16 +74,23 @@ impl Raft {
         }
     }
 
-    /// Where the protocol must hear a server outside our configuration: a leader's
-    /// messages to a server not yet in its own configuration (a `join()` server being
-    /// added learns the configuration from the leader's log, §4.1), and a leader that was
-    /// accepted in this term and has since removed itself (§4.2.2: it tells followers the
-    /// commit index and hands over with TimeoutNow before stepping down). Responses need
-    /// no exception: a leader's progress map holds members only, learners included.
+    /// Where the protocol must hear a server outside our configuration; always a leader's
+    /// AppendEntries, Heartbeat or TimeoutNow (responses need no exception: a leader's
+    /// progress map holds members only, learners included):
+    ///
+    /// - to a server not yet in its own configuration: a `join()` server being added
+    ///   learns the configuration from the leader's log (§4.1);
+    /// - from the leader accepted in this term, which may since have removed itself
+    ///   (§4.2.2: it tells followers the commit index and hands over before it leaves);
+    /// - to a member that has heard from no leader for an election timeout: its
+    ///   configuration may be behind, and the only leader left one it does not know yet
+    ///   (the simulator's membership churn finds this). A server in a leader's lease,
+    ///   and every leader, still drops them, so a forger cannot depose or fork a healthy
+    ///   cluster; the cluster secret is what keeps forgers out altogether.
     fn needs_non_member(&self, from_leader: bool, kind: &MessageKind) -> bool {
         let from_a_leader =
             matches!(kind, MessageKind::AppendEntries(_) | MessageKind::Heartbeat { .. } | MessageKind::TimeoutNow);
-        from_a_leader && (from_leader || !self.membership.contains(self.cfg.id))
+        from_a_leader && (from_leader || !self.membership.contains(self.cfg.id) || !self.in_lease())
     }
 
     /// Counts and logs a dropped message.
@@ -163,12 +170,30 @@ mod tests {
     #[test]
     fn non_members_are_dropped() {
         let mut r = Raft::new(cfg(1), voters(3));
+        r.step(2, heartbeat(1));
+        r.take_ready();
         r.step(99, append(5, 2, &[1, 2]));
         r.step(99, forced_vote(6));
         r.step(99, heartbeat(7));
-        assert_eq!((r.current_term(), r.log().last_index(), r.leader_id()), (Term(0), LogIndex(0), None));
-        assert_eq!(r.refused().non_member, 3);
+        r.step(99, Message { term: Term(1), kind: MessageKind::TimeoutNow });
+        assert_eq!((r.current_term(), r.log().last_index(), r.leader_id()), (Term(1), LogIndex(0), Some(2)));
+        assert_eq!(r.refused().non_member, 4);
         assert!(r.take_ready().messages.is_empty(), "nothing is answered to a non-member");
+    }
+
+    /// A member whose configuration is behind hears a leader it does not know, once no
+    /// known leader has spoken for an election timeout; never while in a lease.
+    #[test]
+    fn a_member_without_a_leader_hears_an_unknown_one() {
+        let mut r = Raft::new(cfg(1), voters(3));
+        r.step(2, heartbeat(1));
+        r.step(5, append(2, 1, &[1]));
+        assert_eq!(r.leader_id(), Some(2), "refused in the lease");
+        for _ in 0..10 {
+            r.tick();
+        }
+        r.step(5, append(2, 1, &[1]));
+        assert_eq!((r.leader_id(), r.commit_index()), (Some(5), LogIndex(1)));
     }
 
     /// A leader deposed by a heartbeat from a fake id at its own term (attack 3).

@@ -97,7 +97,11 @@ impl<M: StateMachine> NodeLoop<M> {
             incarnation: config.core_config().seed ^ 0xA5A5_5A5A,
             listen_addr: config.listen,
         };
-        let conn_config = ConnectionConfig { max_frame_bytes: config.max_frame_bytes, ..ConnectionConfig::default() };
+        let conn_config = ConnectionConfig {
+            max_frame_bytes: config.max_frame_bytes,
+            key: config.cluster_key,
+            ..ConnectionConfig::default()
+        };
         let mut peers = Peers::new(me, conn_config, config.peers.clone(), FIRST_PEER_TOKEN);
         peers.set_member_addrs(member_addrs(&core));
         NodeLoop {

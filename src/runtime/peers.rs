@@ -12,7 +12,7 @@ use mio::{Interest, Registry, Token};
 use crate::core::{Message, NodeId};
 use crate::runtime::wire::{Hello, Wire};
 use crate::transport::{
-    Backoff, Connection, ConnectionConfig, Handshake, PROTOCOL_VERSION, ReadOutcome, TransportError,
+    Backoff, Connection, ConnectionConfig, Handshake, PROTOCOL_VERSION, ReadOutcome, Role, TransportError,
 };
 
 /// Who this node is, as it introduces itself on every connection.
@@ -164,13 +164,13 @@ impl Peers {
 
     fn dial(&mut self, registry: &Registry, to: NodeId, addr: SocketAddr) -> std::io::Result<Token> {
         let mut conn = Connection::connect(addr, self.conn_config)?;
-        let handshake = Handshake {
-            protocol_version: PROTOCOL_VERSION,
-            cluster_id: self.me.cluster_id.clone(),
-            node_id: self.me.id,
-        };
+        let handshake = Handshake::new(&self.me.cluster_id, self.me.id).map_err(std::io::Error::other)?;
+        // Held back by the connection until the peer has proven it holds the secret: the
+        // incarnation is what an impostor would need to pass for us.
         let hello = Wire::Hello(Hello { incarnation: self.me.incarnation, listen_addr: self.me.listen_addr });
-        conn.queue(&handshake).and_then(|()| conn.queue(&hello)).map_err(std::io::Error::other)?;
+        conn.start_handshake(handshake, Role::Dialer)
+            .and_then(|()| conn.queue(&hello))
+            .map_err(std::io::Error::other)?;
         let token = self.add_conn(registry, conn, Side::Outbound(to))?;
         self.unflushed.push(token);
         Ok(token)
@@ -179,13 +179,9 @@ impl Peers {
     /// Takes a connection a peer dialed to us.
     pub fn accept(&mut self, registry: &Registry, stream: TcpStream) {
         self.evict_oldest_silent_if_full(registry);
-        let handshake = Handshake {
-            protocol_version: PROTOCOL_VERSION,
-            cluster_id: self.me.cluster_id.clone(),
-            node_id: self.me.id,
-        };
         let result = Connection::new(stream, self.conn_config).and_then(|mut conn| {
-            conn.queue(&handshake).map_err(std::io::Error::other)?;
+            let handshake = Handshake::new(&self.me.cluster_id, self.me.id).map_err(std::io::Error::other)?;
+            conn.start_handshake(handshake, Role::Acceptor).map_err(std::io::Error::other)?;
             self.add_conn(registry, conn, Side::Inbound { peer: None, hello: false })
         });
         match result {
@@ -264,8 +260,12 @@ impl Peers {
     fn read(&mut self, token: Token, inbox: &mut Vec<(NodeId, Message)>) -> Result<(), String> {
         let Some(c) = self.conns.get_mut(&token) else { return Ok(()) };
         let was_known = c.conn.peer().is_some();
-        let Some(peer) = c.conn.read_handshake(PROTOCOL_VERSION, &self.me.cluster_id).map_err(|e| e.to_string())?
-        else {
+        let handshake = c.conn.read_handshake(PROTOCOL_VERSION, &self.me.cluster_id);
+        if !was_known && c.conn.pending_bytes() > 0 {
+            // The handshake queued our proof (and, once authenticated, held-back frames).
+            self.unflushed.push(token);
+        }
+        let Some(peer) = handshake.map_err(|e| e.to_string())? else {
             return Ok(());
         };
         match c.side {
