@@ -18,6 +18,7 @@ use crate::state_machine::StateMachine;
 use crate::status::{Member, Status};
 use crate::transport::ConnectionConfig;
 
+use super::limits::{AcceptRetry, Deadlines};
 use super::peers::{Identity, Peers};
 use super::pending::{Change, Pending};
 use super::request::{Request, deadline_after};
@@ -78,6 +79,7 @@ pub(crate) struct NodeLoop<M: StateMachine> {
     inbox: Vec<(NodeId, Message)>,
     /// Work left over from the last turn (requests, entries to apply, unread input).
     busy: bool,
+    accept_retry: AcceptRetry,
 }
 
 impl<M: StateMachine> NodeLoop<M> {
@@ -102,7 +104,8 @@ impl<M: StateMachine> NodeLoop<M> {
             key: config.cluster_key,
             ..ConnectionConfig::default()
         };
-        let mut peers = Peers::new(me, conn_config, config.peers.clone(), FIRST_PEER_TOKEN);
+        let mut peers = Peers::new(me, conn_config, config.peers.clone(), FIRST_PEER_TOKEN)
+            .with_deadlines(Deadlines::new(config.heartbeat_interval));
         peers.set_member_addrs(member_addrs(&core));
         NodeLoop {
             id: config.id,
@@ -121,6 +124,7 @@ impl<M: StateMachine> NodeLoop<M> {
             request_timeout: config.request_timeout,
             inbox: Vec::new(),
             busy: false,
+            accept_retry: AcceptRetry::default(),
         }
     }
 
@@ -196,8 +200,11 @@ impl<M: StateMachine> NodeLoop<M> {
             }
             self.core.tick();
             self.next_tick += self.tick;
-            self.peers.close_silent(self.poll.registry(), now);
+            self.peers.enforce_deadlines(self.poll.registry(), now);
             ticks += 1;
+        }
+        if self.accept_retry.due(now) {
+            self.accept();
         }
     }
 
@@ -208,12 +215,12 @@ impl<M: StateMachine> NodeLoop<M> {
                     log::debug!("node {}: accepted a connection from {addr}", self.id);
                     self.peers.accept(self.poll.registry(), stream);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return self.accept_retry.on_drained(self.id),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Out of file descriptors and the like: try again next readiness.
-                    log::warn!("node {}: accept failed: {e}", self.id);
-                    return;
+                    // Out of file descriptors and the like: no new edge will come for the
+                    // connections already waiting, so retry on the timer.
+                    return self.accept_retry.on_failure(self.id, Instant::now(), &e);
                 }
             }
         }

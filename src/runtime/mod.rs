@@ -5,6 +5,7 @@
 
 mod apply;
 mod event_loop;
+mod limits;
 mod peers;
 mod pending;
 pub(crate) mod request;
