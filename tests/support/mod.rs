@@ -1,6 +1,7 @@
 //! Shared test support: the deterministic simulator and its workloads.
 #![allow(dead_code)]
 
+pub mod attacker;
 pub mod checker;
 pub mod cluster;
 pub mod proxy;
