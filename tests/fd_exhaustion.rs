@@ -9,6 +9,8 @@
 mod support;
 
 use std::fs::File;
+use std::io::Read;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, wait_until};
@@ -40,6 +42,13 @@ fn exhaust(held: &mut Vec<File>) {
     }
 }
 
+/// Reads the node's greeting (its handshake frame's length prefix) within `within`.
+fn greeted(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).is_ok()
+}
+
 #[test]
 fn attack_6_a_cluster_out_of_descriptors_recovers_and_elects_a_leader() {
     if !std::path::Path::new("/proc/self/fd").exists() {
@@ -50,12 +59,22 @@ fn attack_6_a_cluster_out_of_descriptors_recovers_and_elects_a_leader() {
     let mut acked = Vec::new();
     let leader = cluster.stable_leader();
     cluster.write_and_check(leader, 1..=3, &mut acked);
+    let follower = *cluster.nodes.keys().find(|&&id| id != leader).unwrap();
     let old = set_soft_limit(open_fds() + HEADROOM_FDS);
 
-    // Every descriptor taken, then the leader dies; whatever its death frees is taken
-    // again, so the survivors' accepts and dials fail for a while.
+    // Every descriptor taken but the one our connection to the follower needs: it lands
+    // in the follower's backlog, and the follower's `accept` fails (EMFILE).
     let mut held = Vec::new();
     exhaust(&mut held);
+    let mut waiting = loop {
+        held.pop().expect("something to free");
+        if let Ok(s) = TcpStream::connect(cluster.addrs[&follower]) {
+            break s;
+        }
+    };
+    exhaust(&mut held);
+    assert!(!greeted(&mut waiting, Duration::from_millis(300)), "accepted without a descriptor");
+    // The leader dies while descriptors are short; whatever its death frees is taken too.
     cluster.stop(leader);
     let until = Instant::now() + EXHAUSTED_FOR;
     while Instant::now() < until {
@@ -64,6 +83,8 @@ fn attack_6_a_cluster_out_of_descriptors_recovers_and_elects_a_leader() {
     }
     drop(held);
 
+    // No new connection arrives to raise an edge: only a retry on the timer accepts ours.
+    assert!(greeted(&mut waiting, Duration::from_secs(5)), "the follower never accepted again");
     let survivors: Vec<u64> = cluster.nodes.keys().copied().collect();
     let new_leader = cluster.leader_among(&survivors);
     cluster.write_and_check(new_leader, 4..=6, &mut acked);

@@ -264,3 +264,23 @@ fn attack_5_connections_after_the_handshake_are_bounded() {
     cluster.await_applied_everywhere(&acked);
     wait_until("the target still follows", || status(&cluster, target).leader == Some(leader));
 }
+
+/// Attack 6, the dialing side: a peer that accepts at the TCP level but never answers
+/// (out of descriptors, or a black hole) used to hold the dialer's link to it for good.
+/// Now the dialer gives up after its handshake timeout and dials again, with backoff.
+#[test]
+fn attack_6_a_dialed_peer_that_never_answers_is_redialled() {
+    // Never `accept`ed by anyone: the kernel completes connections into its backlog.
+    let black_hole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole = black_hole.local_addr().unwrap();
+    let node = support::cluster::single_node(|c| c.peer(2, hole));
+    black_hole.set_nonblocking(true).unwrap();
+    let mut dialed = Vec::new();
+    wait_until("the node dials the silent peer twice", || {
+        if let Ok((s, _)) = black_hole.accept() {
+            dialed.push(s);
+        }
+        dialed.len() >= 2
+    });
+    drop(node);
+}
