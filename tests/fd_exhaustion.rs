@@ -74,7 +74,12 @@ fn attack_6_a_cluster_out_of_descriptors_recovers_and_elects_a_leader() {
     };
     exhaust(&mut held);
     assert!(!greeted(&mut waiting, Duration::from_millis(300)), "accepted without a descriptor");
+    drop(std::mem::take(&mut held));
+    // No new connection arrives to raise an edge: only a retry on the timer accepts ours.
+    assert!(greeted(&mut waiting, Duration::from_secs(5)), "the follower never accepted again");
+
     // The leader dies while descriptors are short; whatever its death frees is taken too.
+    exhaust(&mut held);
     cluster.stop(leader);
     let until = Instant::now() + EXHAUSTED_FOR;
     while Instant::now() < until {
@@ -82,9 +87,6 @@ fn attack_6_a_cluster_out_of_descriptors_recovers_and_elects_a_leader() {
         std::thread::sleep(Duration::from_millis(1));
     }
     drop(held);
-
-    // No new connection arrives to raise an edge: only a retry on the timer accepts ours.
-    assert!(greeted(&mut waiting, Duration::from_secs(5)), "the follower never accepted again");
     let survivors: Vec<u64> = cluster.nodes.keys().copied().collect();
     let new_leader = cluster.leader_among(&survivors);
     cluster.write_and_check(new_leader, 4..=6, &mut acked);
