@@ -284,3 +284,28 @@ fn attack_6_a_dialed_peer_that_never_answers_is_redialled() {
     });
     drop(node);
 }
+
+/// Attack 4, the dialing side: a node dialing a peer that cannot prove the secret sends
+/// it its handshake and proof and nothing else (no Hello, so no incarnation to replay).
+#[test]
+fn with_a_secret_a_node_tells_an_unproven_peer_nothing() {
+    use quorate::transport::{Handshake, Proof};
+    let fake_peer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = fake_peer.local_addr().unwrap();
+    let node = support::cluster::single_node(|c| c.peer(2, addr).cluster_secret(SECRET));
+    let (stream, _) = fake_peer.accept().unwrap();
+    stream.set_read_timeout(Some(ANSWER_DEADLINE)).unwrap();
+    let mut a = Attacker { stream, node: None };
+    let theirs: Handshake = a.read_frame().unwrap();
+    assert_eq!(theirs.node_id, 1);
+    let mut ours = Handshake::new(support::attacker::CLUSTER_ID, 2).unwrap();
+    ours.nonce = theirs.nonce; // a reflection: it must not help
+    a.send_frame(&ours).unwrap();
+    let _their_proof: Proof = a.read_frame().unwrap();
+    a.send_frame(&Proof { mac: [0; 32] }).unwrap();
+    let mut rest = Vec::new();
+    use std::io::Read;
+    let _ = a.stream.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "the node sent {} more bytes to an unproven peer", rest.len());
+    drop(node);
+}

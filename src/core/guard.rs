@@ -60,7 +60,7 @@ impl Raft {
             return Err(Refusal::AbsurdTerm);
         }
         let from_leader = self.leader_id == Some(from) && msg.term == ours;
-        if !self.membership.contains(from) && !self.needs_non_member(from_leader, &msg.kind) {
+        if !self.membership.contains(from) && !self.needs_non_member(from, from_leader, msg) {
             return Err(Refusal::NonMember);
         }
         match msg.kind {
@@ -82,15 +82,40 @@ impl Raft {
     ///   learns the configuration from the leader's log (§4.1);
     /// - from the leader accepted in this term, which may since have removed itself
     ///   (§4.2.2: it tells followers the commit index and hands over before it leaves);
-    /// - to a member that has heard from no leader for an election timeout: its
-    ///   configuration may be behind, and the only leader left one it does not know yet
-    ///   (the simulator's membership churn finds this). A server in a leader's lease,
-    ///   and every leader, still drops them, so a forger cannot depose or fork a healthy
-    ///   cluster; the cluster secret is what keeps forgers out altogether.
-    fn needs_non_member(&self, from_leader: bool, kind: &MessageKind) -> bool {
+    /// - from a leader a voter we know vouched for in its [`MessageKind::LeaderHint`]: our
+    ///   configuration may be behind, and the leader be one added since (the simulator's
+    ///   membership churn finds this: without it such a member never catches up). A
+    ///   non-member cannot vouch, so a forger cannot lead, fork or depose anyone this way;
+    ///   keeping forgers out of the cluster altogether is the cluster secret's job.
+    fn needs_non_member(&self, from: NodeId, from_leader: bool, msg: &Message) -> bool {
         let from_a_leader =
-            matches!(kind, MessageKind::AppendEntries(_) | MessageKind::Heartbeat { .. } | MessageKind::TimeoutNow);
-        from_a_leader && (from_leader || !self.membership.contains(self.cfg.id) || !self.in_lease())
+            matches!(msg.kind, MessageKind::AppendEntries(_) | MessageKind::Heartbeat { .. } | MessageKind::TimeoutNow);
+        let vouched = self.vouched_leader.is_some_and(|(id, term)| id == from && term == msg.term);
+        from_a_leader && (from_leader || vouched || !self.membership.contains(self.cfg.id))
+    }
+
+    /// Answers a pre-vote ignored in a lease with the leader of our term.
+    pub(super) fn send_leader_hint(&mut self, to: NodeId) {
+        if let Some(leader) = self.leader_id.filter(|&l| l != to) {
+            self.send(to, MessageKind::LeaderHint { leader });
+        }
+    }
+
+    /// Asks the voters we know who leads (a learner's substitute for a pre-vote round).
+    pub(super) fn ask_for_leader(&mut self) {
+        let me = self.cfg.id;
+        let voters: Vec<NodeId> = self.membership.voters.keys().copied().filter(|&id| id != me).collect();
+        for id in voters {
+            self.send(id, MessageKind::LeaderQuery);
+        }
+    }
+
+    /// Remembers a leader outside our configuration that a voter we know vouches for.
+    pub(super) fn on_leader_hint(&mut self, from: NodeId, term: Term, leader: NodeId) {
+        if self.membership.is_voter(from) && !self.membership.contains(leader) && leader != self.cfg.id {
+            ::log::debug!("node {}: node {from} says node {leader} leads {term}", self.cfg.id);
+            self.vouched_leader = Some((leader, term));
+        }
     }
 
     /// Counts and logs a dropped message.
@@ -181,19 +206,37 @@ mod tests {
         assert!(r.take_ready().messages.is_empty(), "nothing is answered to a non-member");
     }
 
-    /// A member whose configuration is behind hears a leader it does not know, once no
-    /// known leader has spoken for an election timeout; never while in a lease.
+    /// A member whose configuration is behind hears a leader it does not know once a voter
+    /// it knows vouches for it, at the vouched term only; a non-member cannot vouch.
     #[test]
-    fn a_member_without_a_leader_hears_an_unknown_one() {
+    fn a_member_behind_hears_a_vouched_leader() {
         let mut r = Raft::new(cfg(1), voters(3));
-        r.step(2, heartbeat(1));
-        r.step(5, append(2, 1, &[1]));
-        assert_eq!(r.leader_id(), Some(2), "refused in the lease");
-        for _ in 0..10 {
+        for _ in 0..30 {
             r.tick();
         }
+        assert_eq!(r.role(), Role::PreCandidate);
+        r.step(5, append(2, 1, &[1]));
+        r.step(6, Message { term: Term(2), kind: MessageKind::LeaderHint { leader: 5 } });
+        r.step(5, append(2, 1, &[1]));
+        assert_eq!((r.leader_id(), r.log().last_index()), (None, LogIndex(0)), "not vouched by a member");
+        r.step(2, Message { term: Term(2), kind: MessageKind::LeaderHint { leader: 5 } });
+        r.step(5, append(3, 1, &[1]));
+        assert_eq!(r.leader_id(), None, "vouched for another term");
         r.step(5, append(2, 1, &[1]));
         assert_eq!((r.leader_id(), r.commit_index()), (Some(5), LogIndex(1)));
+    }
+
+    /// A follower in a lease answers a pre-vote with the leader it follows.
+    #[test]
+    fn a_follower_in_lease_names_its_leader() {
+        let mut r = Raft::new(cfg(1), voters(3));
+        r.step(2, heartbeat(1));
+        r.take_ready();
+        let rv = RequestVote { last_log_index: LogIndex(0), last_log_term: Term(0), pre_vote: true, force: false };
+        r.step(3, Message { term: Term(2), kind: MessageKind::RequestVote(rv) });
+        let sent = r.take_ready().messages;
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].message, Message { term: Term(1), kind: MessageKind::LeaderHint { leader: 2 } });
     }
 
     /// A leader deposed by a heartbeat from a fake id at its own term (attack 3).

@@ -169,6 +169,8 @@ pub struct Raft {
     anomalies: u64,
     /// Messages dropped at the door (see `guard.rs`).
     refused: Refused,
+    /// A leader outside our configuration that a voter we know named, and its term.
+    vouched_leader: Option<(NodeId, Term)>,
 }
 
 impl Raft {
@@ -208,6 +210,7 @@ impl Raft {
             hard_dirty: false,
             anomalies: 0,
             refused: Refused::default(),
+            vouched_leader: None,
         };
         raft.membership_index = raft.log.snapshot_index();
         raft.reload_membership();
@@ -321,6 +324,7 @@ impl Raft {
                 if self.leader_id.take().is_some() {
                     self.ready.soft_state_changed = true;
                 }
+                self.ask_for_leader();
                 self.reset_election_timer();
             }
         }
@@ -348,6 +352,8 @@ impl Raft {
             MessageKind::Heartbeat { commit, read_seq } => self.on_heartbeat(from, commit, read_seq),
             MessageKind::HeartbeatResponse { read_seq } => self.on_heartbeat_response(from, read_seq),
             MessageKind::TimeoutNow => self.on_timeout_now(from),
+            MessageKind::LeaderHint { leader } => self.on_leader_hint(from, msg.term, leader),
+            MessageKind::LeaderQuery => self.send_leader_hint(from),
         }
     }
 

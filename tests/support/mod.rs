@@ -4,6 +4,7 @@
 pub mod attacker;
 pub mod checker;
 pub mod cluster;
+pub mod hostile;
 pub mod proxy;
 pub mod sim;
 pub mod workload;

@@ -355,6 +355,12 @@ impl Sim {
         }
     }
 
+    /// Puts a message from anyone (a hostile source, say) on the network to `to`; it meets
+    /// the same drops, duplicates and delays as the rest.
+    pub fn inject(&mut self, from: NodeId, to: NodeId, msg: Message) {
+        self.send(from, to, msg);
+    }
+
     /// Proposes a unique command at server `id`; returns (index, fingerprint) if accepted.
     pub fn propose(&mut self, id: NodeId) -> Option<(LogIndex, u64)> {
         let payload = self.next_payload.to_le_bytes().to_vec();

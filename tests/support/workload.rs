@@ -3,6 +3,7 @@
 
 use quorate::core::{LogIndex, Membership, NodeId, Raft};
 
+use super::hostile;
 use super::sim::{Faults, Sim, UNITS_PER_TICK};
 
 /// What one run did, for the summary.
@@ -11,6 +12,8 @@ pub struct Stats {
     pub committed: u64,
     pub reads: u64,
     pub max_term: u64,
+    /// Messages the cores dropped at their door (hostile input, mostly).
+    pub refused: u64,
 }
 
 /// Options of a run.
@@ -19,6 +22,8 @@ pub struct Scenario {
     pub nodes: u64,
     pub fault_ticks: u64,
     pub churn: bool,
+    /// Mix messages from non-members with random terms into the network (`hostile.rs`).
+    pub hostile: bool,
 }
 
 /// Ticks after healing within which a leader must commit a new entry everywhere.
@@ -47,6 +52,9 @@ pub fn run(seed: u64, sc: Scenario) -> Stats {
         if sc.churn && sim.rng.chance(0.004) {
             churn.event(&mut sim);
         }
+        if sc.hostile && sim.rng.chance(hostile::INJECT_CHANCE) {
+            hostile::inject(&mut sim);
+        }
     }
     sim.heal();
     check_liveness(&mut sim, seed);
@@ -54,6 +62,7 @@ pub fn run(seed: u64, sc: Scenario) -> Stats {
         committed: sim.checker.max_committed().0,
         reads: sim.reads_served,
         max_term: sim.nodes.values().filter_map(|n| n.raft.as_ref()).map(|r| r.current_term().0).max().unwrap_or(0),
+        refused: sim.nodes.values().filter_map(|n| n.raft.as_ref()).map(|r| r.refused().total()).sum(),
     }
 }
 
@@ -159,6 +168,7 @@ pub fn run_seeds(name: &str, seeds: std::ops::Range<u64>, sc: Scenario) -> Stats
                 total.committed += s.committed;
                 total.reads += s.reads;
                 total.max_term = total.max_term.max(s.max_term);
+                total.refused += s.refused;
             }
             Err(panic) => {
                 eprintln!(
