@@ -394,8 +394,8 @@ impl Peers {
         }
     }
 
-    /// One live inbound connection per member: a newly introduced one (it proved the
-    /// secret and the member's incarnation) replaces the older, which is likely half-open.
+    /// One live inbound connection per member: a newer one (it proved the secret and the
+    /// member's incarnation) replaces the older, which is likely half-open.
     /// Ids outside the configuration share [`NON_MEMBER_INBOUND_MAX`] connections, the
     /// oldest closed first.
     fn make_room_for_inbound(&mut self, token: Token, peer: NodeId) {
@@ -403,8 +403,12 @@ impl Peers {
             Side::Inbound { peer: Some(p), hello: true } => Some(p),
             _ => None,
         };
-        let mut doomed: Vec<Token> =
-            self.conns.iter().filter(|&(&t, c)| t != token && inbound(c) == Some(peer)).map(|(&t, _)| t).collect();
+        // The one accepted last stays (Hellos of one turn may be handled in any order).
+        let mut same: Vec<(Instant, Token)> =
+            self.conns.iter().filter(|&(_, c)| inbound(c) == Some(peer)).map(|(&t, c)| (c.opened_at, t)).collect();
+        same.sort_unstable();
+        same.pop();
+        let mut doomed: Vec<Token> = same.into_iter().map(|(_, t)| t).collect();
         if !self.member_addrs.contains_key(&peer) && !self.config_addrs.contains_key(&peer) {
             let mut others: Vec<(Instant, Token)> = self
                 .conns

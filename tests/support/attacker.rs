@@ -98,6 +98,49 @@ impl Attacker {
         rmp_serde::from_slice(&body).map_err(|e| e.to_string())
     }
 
+    /// Waits until the node has acted on every frame sent so far: sends a frame no node
+    /// accepts from a dialer, and waits for the close it causes. The node steps what it
+    /// decoded before that frame in the same turn, so a client call made after this
+    /// returns sees its effect. No sleep: a wait for a condition.
+    pub fn barrier(&mut self) {
+        let _ = self.send(&FakeWire::Refused("barrier".into()));
+        assert!(self.closed_within(ANSWER_DEADLINE), "the node did not close on an invalid frame");
+    }
+
+    /// Sends keepalives every few milliseconds for `window`; returns whether the node
+    /// closed the connection meanwhile (so it was not the idle timeout that closed it).
+    pub fn closed_while_alive(&mut self, window: Duration) -> bool {
+        let until = Instant::now() + window;
+        while Instant::now() < until {
+            if self.send(&FakeWire::Keepalive).is_err() || self.closed_within(Duration::from_millis(20)) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// One keepalive, ignoring errors (the node may have closed already).
+    pub fn barrier_free_keepalive(&mut self) {
+        let _ = self.send(&FakeWire::Keepalive);
+    }
+
+    /// Collects what the node sends for up to `window`, or until it closes.
+    pub fn read_for(&mut self, window: Duration) -> Vec<u8> {
+        self.stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let until = Instant::now() + window;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < until {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+                Err(_) => break,
+            }
+        }
+        got
+    }
+
     /// Waits until the node closes the connection; `false` if it was still open after
     /// `deadline`.
     pub fn closed_within(&mut self, deadline: Duration) -> bool {
