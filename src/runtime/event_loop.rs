@@ -104,8 +104,8 @@ impl<M: StateMachine> NodeLoop<M> {
             key: config.cluster_key,
             ..ConnectionConfig::default()
         };
-        let mut peers = Peers::new(me, conn_config, config.peers.clone(), FIRST_PEER_TOKEN)
-            .with_deadlines(Deadlines::new(config.heartbeat_interval));
+        let deadlines = Deadlines::new(config.heartbeat_interval);
+        let mut peers = Peers::new(me, conn_config, config.peers.clone(), FIRST_PEER_TOKEN, deadlines);
         peers.set_member_addrs(member_addrs(&core));
         NodeLoop {
             id: config.id,

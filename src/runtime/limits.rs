@@ -23,6 +23,9 @@ pub(crate) const FRAME_DEADLINE: Duration = Duration::from_secs(5);
 /// Partial frames of all connections together may hold this many times the frame limit;
 /// past it the connection with the largest partial frame is closed.
 pub(crate) const PARTIAL_FRAMES_PER_NODE_MAX: usize = 2;
+/// Only a connection holding a partial frame above this can tip the node's total over its
+/// budget in one read (a read adds at most 64 KiB), so smaller ones skip the sum.
+pub(crate) const PARTIAL_FRAME_CHECK_BYTES: usize = 64 * 1024;
 /// A connection we dialed must complete its handshake (both proofs) within this, or it is
 /// closed and redialled with backoff: a peer that accepted at the TCP level but never
 /// answers (out of file descriptors, say) must not hold our link to it forever.

@@ -10,7 +10,9 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::core::{Message, NodeId};
-use crate::runtime::limits::{Activity, Deadlines, NON_MEMBER_INBOUND_MAX, PARTIAL_FRAMES_PER_NODE_MAX};
+use crate::runtime::limits::{
+    Activity, Deadlines, NON_MEMBER_INBOUND_MAX, PARTIAL_FRAME_CHECK_BYTES, PARTIAL_FRAMES_PER_NODE_MAX,
+};
 use crate::runtime::wire::{Hello, Wire};
 use crate::transport::{
     Backoff, Connection, ConnectionConfig, Handshake, PROTOCOL_VERSION, ReadOutcome, Role, TransportError,
@@ -89,11 +91,13 @@ pub(crate) struct Peers {
 }
 
 impl Peers {
+    /// `deadlines` bound how long connections may idle, stall or take to handshake.
     pub fn new(
         me: Identity,
         conn_config: ConnectionConfig,
         config_addrs: BTreeMap<NodeId, SocketAddr>,
         first_token: usize,
+        deadlines: Deadlines,
     ) -> Peers {
         Peers {
             me,
@@ -108,15 +112,9 @@ impl Peers {
             unflushed: Vec::new(),
             unread: Vec::new(),
             refused: None,
-            deadlines: Deadlines::new(Duration::from_millis(50)),
+            deadlines,
             pending_close: Vec::new(),
         }
-    }
-
-    /// Sets the idle, keepalive and handshake deadlines (from the heartbeat interval).
-    pub fn with_deadlines(mut self, deadlines: Deadlines) -> Peers {
-        self.deadlines = deadlines;
-        self
     }
 
     /// Records the addresses of the latest configuration.
@@ -237,9 +235,8 @@ impl Peers {
     /// Closes the connection holding the largest partial frame while all partial frames
     /// together exceed their budget, so many slow peers cannot pin memory between them.
     fn enforce_partial_budget(&mut self, registry: &Registry, token: Token, now: Instant) {
-        let small = self.conns.get(&token).is_none_or(|c| c.conn.partial_frame_bytes() <= 64 * 1024);
-        if small {
-            return; // Only a large partial frame can tip the total; skip the sum.
+        if self.conns.get(&token).is_none_or(|c| c.conn.partial_frame_bytes() <= PARTIAL_FRAME_CHECK_BYTES) {
+            return;
         }
         let max = self.conn_config.max_frame_bytes.saturating_mul(PARTIAL_FRAMES_PER_NODE_MAX);
         loop {
