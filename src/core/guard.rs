@@ -5,8 +5,9 @@
 //! id and no number from the wire: before [`Raft::step`] dispatches, [`Raft::screen`]
 //! drops (and counts) messages from servers outside the configuration, forced elections
 //! that do not come from this term's leader, and values that could only overflow or
-//! wrap our arithmetic. Each refusal is counted in [`Refused`] and logged at debug level;
-//! the protocol never sees the message.
+//! wrap our arithmetic. Each refusal is counted in [`Refused`] and logged (a warning at
+//! the 1st, 2nd, 4th... refusal, so a flood cannot flood the log); the protocol never sees
+//! the message.
 
 use super::Raft;
 use super::message::{Message, MessageKind};
@@ -127,7 +128,17 @@ impl Raft {
             Refusal::Malformed(_) => &mut self.refused.malformed,
         };
         *counter += 1;
-        ::log::debug!("node {}: dropped a message from {from} at {term}: {why:?}", self.cfg.id);
+        let total = self.refused.total();
+        // Loud, but not once per message of a flood: at the 1st, 2nd, 4th, 8th... refusal.
+        if total.is_power_of_two() {
+            ::log::warn!(
+                "node {}: dropped a message from {from} at {term}: {why:?} ({total} dropped so far: {:?})",
+                self.cfg.id,
+                self.refused
+            );
+        } else {
+            ::log::debug!("node {}: dropped a message from {from} at {term}: {why:?}", self.cfg.id);
+        }
     }
 
     /// How many messages this server dropped before acting on them, by reason.
