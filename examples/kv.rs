@@ -91,7 +91,11 @@ usage:
   --peer ID=ADDR   an initial voting member (repeat for each; the same set on every node)
   --join           start with no configuration and wait to be added (`add ID ADDR` on the leader)
   --elect          campaign at start until this node leads (used by --cluster for node 1)
-  --cluster        start three nodes as child processes and forward stdin to node 1";
+  --cluster        start three nodes as child processes and forward stdin to node 1
+
+environment:
+  QUORATE_SECRET   the cluster secret (at least 16 bytes), e.g. `export QUORATE_SECRET=$(openssl rand -hex 32)`;
+                   read from the environment, not the command line, so `ps` does not show it";
 
 const HELP: &str = "\
 commands:
@@ -185,6 +189,10 @@ fn run_node(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::new(options.id, options.listen).members(options.peers.iter().copied());
     if options.join {
         config = config.join();
+    }
+    // Children of --cluster inherit it, so the whole cluster shares one secret.
+    if let Ok(secret) = std::env::var("QUORATE_SECRET") {
+        config = config.cluster_secret(secret);
     }
     let node: Node<Kv> = Node::start(config, Kv::default())?;
     let client = node.client();

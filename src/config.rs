@@ -13,6 +13,7 @@ const APPLY_ENTRIES_MAX: u64 = 1024;
 /// Most time spent applying per loop turn; the rest waits for the next turn, which comes
 /// at once.
 const APPLY_TIME_MAX: Duration = Duration::from_millis(5);
+use crate::transport::{CLUSTER_SECRET_BYTES_MIN, ClusterKey};
 
 /// How one node runs: who it is, whom it talks to, and its timings and bounds.
 ///
@@ -31,6 +32,9 @@ pub struct Config {
     pub(crate) peers: BTreeMap<NodeId, SocketAddr>,
     pub(crate) join: bool,
     pub(crate) cluster_id: String,
+    /// Derived from the cluster secret; its `Debug` prints nothing of it.
+    pub(crate) cluster_key: ClusterKey,
+    secret_too_short: bool,
     pub(crate) tick: Duration,
     pub(crate) election_timeout: Duration,
     pub(crate) heartbeat_interval: Duration,
@@ -56,6 +60,8 @@ impl Config {
             peers: BTreeMap::new(),
             join: false,
             cluster_id: "quorate".into(),
+            cluster_key: ClusterKey::unauthenticated(),
+            secret_too_short: false,
             tick: TICK,
             election_timeout: TICK * core.election_ticks,
             heartbeat_interval: TICK * core.heartbeat_ticks,
@@ -102,6 +108,20 @@ impl Config {
     /// refused. Default `"quorate"`.
     pub fn cluster_id(mut self, cluster_id: impl Into<String>) -> Config {
         self.cluster_id = cluster_id.into();
+        self
+    }
+
+    /// A secret every node of the cluster shares: each connection between nodes starts
+    /// with a challenge-response on it (fresh nonces both ways, keyed BLAKE3), so a
+    /// process without it never gets past the handshake, and a recorded handshake cannot
+    /// be replayed. At least 16 bytes; generate 32 random ones, for example with
+    /// `openssl rand -hex 32` (pass the hex string's bytes), and keep it out of logs and
+    /// version control. Without one the node logs a warning at start: peers are then
+    /// unauthenticated. Connections are authenticated, not encrypted (see the README).
+    pub fn cluster_secret(mut self, secret: impl AsRef<[u8]>) -> Config {
+        let secret = secret.as_ref();
+        self.secret_too_short = secret.len() < CLUSTER_SECRET_BYTES_MIN;
+        self.cluster_key = ClusterKey::from_secret(secret);
         self
     }
 
@@ -168,6 +188,9 @@ impl Config {
     /// Says what is wrong with this configuration, if anything.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |why: String| Err(Error::Config(why));
+        if self.secret_too_short {
+            return bad(format!("the cluster secret must be at least {CLUSTER_SECRET_BYTES_MIN} bytes"));
+        }
         if let Some(id) = self.duplicate_peer {
             return bad(format!("peer {id} is listed twice"));
         }
@@ -263,6 +286,7 @@ mod tests {
             ("frame too small", base().max_append_bytes(16 << 20)),
             ("join with peers", base().join()),
             ("zero queue", base().client_queue(0)),
+            ("short secret", base().cluster_secret("short")),
             ("zero node id", Config::new(0, addr(7000))),
         ];
         for (name, config) in cases {

@@ -51,6 +51,11 @@ impl<M: StateMachine> Node<M> {
         let (tx, rx) = crossbeam_channel::bounded(config.client_queue);
         let client = Client::new(tx, rx.clone(), shared.clone(), config.request_timeout, config.max_append_bytes);
         let id = config.id;
+        if !config.cluster_key.is_secret() {
+            log::warn!(
+                "node {id}: no cluster secret configured (Config::cluster_secret): peers are unauthenticated, and anyone who can reach {local_addr} can take part in the cluster"
+            );
+        }
         let node_loop = NodeLoop::new(&config, listener, poll, machine, rx, shared.clone())?;
         let thread = std::thread::Builder::new()
             .name(format!("quorate-node-{id}"))

@@ -17,8 +17,13 @@ impl Raft {
             match &msg.kind {
                 MessageKind::RequestVote(rv) if !rv.force && self.in_lease() => {
                     log::debug!("node {}: ignoring vote request from {from} in lease", self.cfg.id);
+                    if rv.pre_vote {
+                        self.send_leader_hint(from);
+                    }
                     return false;
                 }
+                // A hint names the leader of a term; only that leader's messages move us to it.
+                MessageKind::LeaderHint { .. } | MessageKind::LeaderQuery => {}
                 // A pre-vote asks about a *future* term: nobody adopts it (§9.6).
                 MessageKind::RequestVote(rv) if rv.pre_vote => {}
                 MessageKind::RequestVoteResponse { pre_vote: true, granted: true } => {}
@@ -38,6 +43,8 @@ impl Raft {
                 MessageKind::RequestVote(rv) if rv.pre_vote => {
                     self.send(from, MessageKind::RequestVoteResponse { granted: false, pre_vote: true });
                 }
+                // A learner that lags behind asks at its own (older) term.
+                MessageKind::LeaderQuery => self.send_leader_hint(from),
                 _ => {}
             }
             return false;

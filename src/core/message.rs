@@ -46,6 +46,17 @@ pub enum MessageKind {
     },
     /// Leadership transfer (§3.10): "start an election now".
     TimeoutNow,
+    /// A follower's answer to a pre-vote it ignores because it is in a leader's lease
+    /// (dissertation §4.2.3): who leads its current term. A member whose configuration is
+    /// behind may not know that leader, and takes its messages only once a voter it
+    /// knows vouches for it like this (see `guard.rs`).
+    LeaderHint {
+        /// The leader of the sender's current term.
+        leader: NodeId,
+    },
+    /// "Who leads?", from a server that cannot campaign (a learner) and heard from no
+    /// leader for an election timeout; answered with a [`MessageKind::LeaderHint`].
+    LeaderQuery,
 }
 
 /// Arguments of RequestVote.

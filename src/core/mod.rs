@@ -9,6 +9,7 @@
 
 mod config;
 mod election;
+mod guard;
 mod log;
 mod membership;
 mod message;
@@ -24,6 +25,7 @@ mod types;
 pub(crate) mod paper_tests;
 
 pub use config::CoreConfig;
+pub use guard::{Refused, TERM_JUMP_MAX, TERM_MAX};
 pub use log::Log;
 pub use membership::{Membership, MembershipChange, MembershipError};
 pub use message::{AppendEntries, AppendEntriesResponse, Envelope, Message, MessageKind, RequestVote};
@@ -181,6 +183,10 @@ pub struct Raft {
     hard_dirty: bool,
     /// Messages refused because they contradicted committed state (see `anomalies`).
     anomalies: u64,
+    /// Messages dropped at the door (see `guard.rs`).
+    refused: Refused,
+    /// A leader outside our configuration that a voter we know named, and its term.
+    vouched_leader: Option<(NodeId, Term)>,
 }
 
 impl Raft {
@@ -221,6 +227,8 @@ impl Raft {
             ready: Ready::default(),
             hard_dirty: false,
             anomalies: 0,
+            refused: Refused::default(),
+            vouched_leader: None,
         };
         raft.membership_index = raft.log.snapshot_index();
         raft.reload_membership();
@@ -338,6 +346,7 @@ impl Raft {
                 if self.leader_id.take().is_some() {
                     self.ready.soft_state_changed = true;
                 }
+                self.ask_for_leader();
                 self.reset_election_timer();
             }
         }
@@ -349,7 +358,9 @@ impl Raft {
             ::log::warn!("node {}: dropping message claiming to come from {from}", self.cfg.id);
             return;
         }
-        debug_assert!(msg.check_well_formed().is_ok(), "the driver checks messages first");
+        if let Err(why) = self.screen(from, &msg) {
+            return self.on_refused(from, msg.term, why);
+        }
         if !self.on_term(from, &msg) {
             return;
         }
@@ -363,6 +374,8 @@ impl Raft {
             MessageKind::Heartbeat { commit, read_seq } => self.on_heartbeat(from, commit, read_seq),
             MessageKind::HeartbeatResponse { read_seq } => self.on_heartbeat_response(from, read_seq),
             MessageKind::TimeoutNow => self.on_timeout_now(from),
+            MessageKind::LeaderHint { leader } => self.on_leader_hint(from, msg.term, leader),
+            MessageKind::LeaderQuery => self.send_leader_hint(from),
         }
     }
 

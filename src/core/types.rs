@@ -20,15 +20,23 @@ pub struct LogIndex(pub u64);
 
 impl Term {
     /// The term after this one.
+    ///
+    /// # Panics
+    /// At `u64::MAX`. The core refuses terms from the wire at or above `guard::TERM_MAX`,
+    /// so only a broken invariant gets here; wrapping to 0 would silently wedge the node.
     pub fn next(self) -> Term {
-        Term(self.0 + 1)
+        Term(self.0.checked_add(1).expect("terms stay below guard::TERM_MAX"))
     }
 }
 
 impl LogIndex {
     /// The index after this one.
+    ///
+    /// # Panics
+    /// At `u64::MAX`: indexes from the wire are only compared with ours, never advanced
+    /// (`Message::check_well_formed` refuses entries that would need it).
     pub fn next(self) -> LogIndex {
-        LogIndex(self.0 + 1)
+        LogIndex(self.0.checked_add(1).expect("log indexes stay far below u64::MAX"))
     }
 
     /// The index before this one (saturating at 0).

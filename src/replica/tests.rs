@@ -90,9 +90,9 @@ fn a_synced_batch_does_not_vouch_for_entries_a_later_batch_truncated() {
     let mut r = follower(storage.clone());
     r.step(1, append(1, (0, 0), entries_from(1, &[1, 1, 1]), 0)); // batch 1
     r.advance();
-    r.step(4, append(2, (1, 1), entries_from(2, &[2]), 0)); // batch 2: leader of term 2 truncates at 2
+    r.step(3, append(2, (1, 1), entries_from(2, &[2]), 0)); // batch 2: leader of term 2 truncates at 2
     r.advance();
-    r.step(5, append(3, (1, 1), entries_from(2, &[1, 1]), 0)); // batch 3: term 3 writes them back
+    r.step(1, append(3, (1, 1), entries_from(2, &[1, 1]), 0)); // batch 3: term 3 writes them back
     r.advance();
     assert_eq!(r.core().log().last_index(), LogIndex(3));
     storage.sync(2); // the disk now holds [1: t1, 2: t2]

@@ -19,6 +19,7 @@ use crate::status::Status;
 use crate::storage::MemoryStorage;
 use crate::transport::ConnectionConfig;
 
+use super::limits::{AcceptRetry, Deadlines};
 use super::peers::{Identity, Peers};
 use super::request::{Local, LocalRequest};
 
@@ -72,6 +73,7 @@ pub(crate) struct NodeLoop<M: StateMachine> {
     inbox: Vec<(NodeId, Message)>,
     /// Work left over from the last turn (requests, entries to apply, unread input).
     busy: bool,
+    accept_retry: AcceptRetry,
 }
 
 impl<M: StateMachine> NodeLoop<M> {
@@ -91,8 +93,13 @@ impl<M: StateMachine> NodeLoop<M> {
             incarnation: config.core_config().seed ^ 0xA5A5_5A5A,
             listen_addr: config.listen,
         };
-        let conn_config = ConnectionConfig { max_frame_bytes: config.max_frame_bytes, ..ConnectionConfig::default() };
-        let mut peers = Peers::new(me, conn_config, config.peers.clone(), FIRST_PEER_TOKEN);
+        let conn_config = ConnectionConfig {
+            max_frame_bytes: config.max_frame_bytes,
+            key: config.cluster_key,
+            ..ConnectionConfig::default()
+        };
+        let deadlines = Deadlines::new(config.heartbeat_interval);
+        let mut peers = Peers::new(me, conn_config, config.peers.clone(), FIRST_PEER_TOKEN, deadlines);
         peers.set_member_addrs(member_addrs(replica.core()));
         Ok(NodeLoop {
             id: config.id,
@@ -106,6 +113,7 @@ impl<M: StateMachine> NodeLoop<M> {
             next_tick: Instant::now() + config.tick,
             inbox: Vec::new(),
             busy: false,
+            accept_retry: AcceptRetry::default(),
         })
     }
 
@@ -185,8 +193,11 @@ impl<M: StateMachine> NodeLoop<M> {
             }
             self.replica.tick();
             self.next_tick += self.tick;
-            self.peers.close_silent(self.poll.registry(), now);
+            self.peers.enforce_deadlines(self.poll.registry(), now);
             ticks += 1;
+        }
+        if self.accept_retry.due(now) {
+            self.accept();
         }
     }
 
@@ -197,12 +208,12 @@ impl<M: StateMachine> NodeLoop<M> {
                     log::debug!("node {}: accepted a connection from {addr}", self.id);
                     self.peers.accept(self.poll.registry(), stream);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return self.accept_retry.on_drained(self.id),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Out of file descriptors and the like: try again next readiness.
-                    log::warn!("node {}: accept failed: {e}", self.id);
-                    return;
+                    // Out of file descriptors and the like: no new edge will come for the
+                    // connections already waiting, so retry on the timer.
+                    return self.accept_retry.on_failure(self.id, Instant::now(), &e);
                 }
             }
         }

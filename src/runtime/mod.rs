@@ -4,6 +4,7 @@
 //! nothing about Raft or about what a client is told.
 
 mod event_loop;
+mod limits;
 mod peers;
 pub(crate) mod request;
 mod wire;

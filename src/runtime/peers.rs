@@ -10,9 +10,12 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::core::{Message, NodeId};
+use crate::runtime::limits::{
+    Activity, Deadlines, NON_MEMBER_INBOUND_MAX, PARTIAL_FRAME_CHECK_BYTES, PARTIAL_FRAMES_PER_NODE_MAX,
+};
 use crate::runtime::wire::{Hello, Wire};
 use crate::transport::{
-    Backoff, Connection, ConnectionConfig, Handshake, PROTOCOL_VERSION, ReadOutcome, TransportError,
+    Backoff, Connection, ConnectionConfig, Handshake, PROTOCOL_VERSION, ReadOutcome, Role, TransportError,
 };
 
 /// Who this node is, as it introduces itself on every connection.
@@ -35,6 +38,7 @@ struct Conn {
     side: Side,
     interest: Interest,
     opened_at: Instant,
+    activity: Activity,
 }
 
 /// An accepted connection must introduce itself (handshake and Hello) within this time,
@@ -81,14 +85,19 @@ pub(crate) struct Peers {
     unread: Vec<Token>,
     /// The last reason a peer gave for refusing us.
     pub refused: Option<String>,
+    deadlines: Deadlines,
+    /// Inbound connections displaced by newer ones, closed at the next flush.
+    pending_close: Vec<Token>,
 }
 
 impl Peers {
+    /// `deadlines` bound how long connections may idle, stall or take to handshake.
     pub fn new(
         me: Identity,
         conn_config: ConnectionConfig,
         config_addrs: BTreeMap<NodeId, SocketAddr>,
         first_token: usize,
+        deadlines: Deadlines,
     ) -> Peers {
         Peers {
             me,
@@ -103,6 +112,8 @@ impl Peers {
             unflushed: Vec::new(),
             unread: Vec::new(),
             refused: None,
+            deadlines,
+            pending_close: Vec::new(),
         }
     }
 
@@ -122,7 +133,10 @@ impl Peers {
         let Some(token) = self.outbound_token(registry, to, now) else { return };
         let conn = self.conns.get_mut(&token).expect("dialer tokens are live");
         match conn.conn.queue(&Wire::Raft(msg)) {
-            Ok(()) => self.unflushed.push(token),
+            Ok(()) => {
+                conn.activity.last_sent_at = now;
+                self.unflushed.push(token)
+            }
             // Backpressure from a stuck peer is routine; a frame too large to send is a
             // sizing bug that would stall replication, so it is loud.
             Err(e @ TransportError::FrameTooLarge { .. }) => {
@@ -164,13 +178,13 @@ impl Peers {
 
     fn dial(&mut self, registry: &Registry, to: NodeId, addr: SocketAddr) -> std::io::Result<Token> {
         let mut conn = Connection::connect(addr, self.conn_config)?;
-        let handshake = Handshake {
-            protocol_version: PROTOCOL_VERSION,
-            cluster_id: self.me.cluster_id.clone(),
-            node_id: self.me.id,
-        };
+        let handshake = Handshake::new(&self.me.cluster_id, self.me.id).map_err(std::io::Error::other)?;
+        // Held back by the connection until the peer has proven it holds the secret: the
+        // incarnation is what an impostor would need to pass for us.
         let hello = Wire::Hello(Hello { incarnation: self.me.incarnation, listen_addr: self.me.listen_addr });
-        conn.queue(&handshake).and_then(|()| conn.queue(&hello)).map_err(std::io::Error::other)?;
+        conn.start_handshake(handshake, Role::Dialer)
+            .and_then(|()| conn.queue(&hello))
+            .map_err(std::io::Error::other)?;
         let token = self.add_conn(registry, conn, Side::Outbound(to))?;
         self.unflushed.push(token);
         Ok(token)
@@ -179,13 +193,9 @@ impl Peers {
     /// Takes a connection a peer dialed to us.
     pub fn accept(&mut self, registry: &Registry, stream: TcpStream) {
         self.evict_oldest_silent_if_full(registry);
-        let handshake = Handshake {
-            protocol_version: PROTOCOL_VERSION,
-            cluster_id: self.me.cluster_id.clone(),
-            node_id: self.me.id,
-        };
         let result = Connection::new(stream, self.conn_config).and_then(|mut conn| {
-            conn.queue(&handshake).map_err(std::io::Error::other)?;
+            let handshake = Handshake::new(&self.me.cluster_id, self.me.id).map_err(std::io::Error::other)?;
+            conn.start_handshake(handshake, Role::Acceptor).map_err(std::io::Error::other)?;
             self.add_conn(registry, conn, Side::Inbound { peer: None, hello: false })
         });
         match result {
@@ -199,7 +209,8 @@ impl Peers {
         self.next_token += 1;
         let interest = conn.interest();
         registry.register(&mut conn, token, interest)?;
-        self.conns.insert(token, Conn { conn, side, interest, opened_at: Instant::now() });
+        let now = Instant::now();
+        self.conns.insert(token, Conn { conn, side, interest, opened_at: now, activity: Activity::new(now) });
         Ok(token)
     }
 
@@ -215,8 +226,29 @@ impl Peers {
         if writable {
             self.flush_one(registry, token, now);
         }
-        if let Err(reason) = self.read(token, inbox) {
+        if let Err(reason) = self.read(token, inbox, now) {
             self.close(registry, token, now, &reason);
+        }
+        self.enforce_partial_budget(registry, token, now);
+    }
+
+    /// Closes the connection holding the largest partial frame while all partial frames
+    /// together exceed their budget, so many slow peers cannot pin memory between them.
+    fn enforce_partial_budget(&mut self, registry: &Registry, token: Token, now: Instant) {
+        if self.conns.get(&token).is_none_or(|c| c.conn.partial_frame_bytes() <= PARTIAL_FRAME_CHECK_BYTES) {
+            return;
+        }
+        let max = self.conn_config.max_frame_bytes.saturating_mul(PARTIAL_FRAMES_PER_NODE_MAX);
+        loop {
+            let total: usize = self.conns.values().map(|c| c.conn.partial_frame_bytes()).sum();
+            let largest = self.conns.iter().max_by_key(|(_, c)| c.conn.partial_frame_bytes()).map(|(&t, _)| t);
+            match largest {
+                Some(t) if total > max => {
+                    log::warn!("node {}: partial frames hold {total} bytes (max {max})", self.me.id);
+                    self.close(registry, t, now, "partial frames over the node's budget; closing the largest");
+                }
+                _ => return,
+            }
         }
     }
 
@@ -234,16 +266,42 @@ impl Peers {
         }
     }
 
-    /// Closes accepted connections that did not introduce themselves in time.
-    pub fn close_silent(&mut self, registry: &Registry, now: Instant) {
-        let silent: Vec<Token> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| !c.introduced() && now.duration_since(c.opened_at) > INTRODUCTION_TIMEOUT)
-            .map(|(&t, _)| t)
-            .collect();
-        for token in silent {
-            self.close(registry, token, now, "no handshake in time");
+    /// Once per tick: closes accepted connections that did not introduce themselves in
+    /// time, introduced ones that went idle or stalled mid-frame, and dialed ones whose
+    /// handshake never completed (they are redialled with backoff); sends keepalives on
+    /// dialed connections that had nothing to say for a while.
+    pub fn enforce_deadlines(&mut self, registry: &Registry, now: Instant) {
+        let d = self.deadlines;
+        let mut expired = Vec::new();
+        let mut keepalive = Vec::new();
+        for (&t, c) in &self.conns {
+            let age = now.duration_since(c.opened_at);
+            let why = match c.side {
+                _ if !c.introduced() => (age > INTRODUCTION_TIMEOUT).then_some("no handshake in time"),
+                Side::Inbound { .. } => c.activity.expired(now, &d),
+                Side::Outbound(_) if c.conn.peer().is_none() => {
+                    (age > d.outbound_handshake).then_some("no handshake reply in time")
+                }
+                Side::Outbound(_) => {
+                    if now.duration_since(c.activity.last_sent_at) >= d.keepalive {
+                        keepalive.push(t);
+                    }
+                    None
+                }
+            };
+            if let Some(why) = why {
+                expired.push((t, why));
+            }
+        }
+        for (token, why) in expired {
+            self.close(registry, token, now, why);
+        }
+        for token in keepalive {
+            let c = self.conns.get_mut(&token).expect("listed above");
+            c.activity.last_sent_at = now;
+            if c.conn.queue(&Wire::Keepalive).is_ok() {
+                self.unflushed.push(token);
+            }
         }
     }
 
@@ -261,11 +319,15 @@ impl Peers {
         !self.unread.is_empty()
     }
 
-    fn read(&mut self, token: Token, inbox: &mut Vec<(NodeId, Message)>) -> Result<(), String> {
+    fn read(&mut self, token: Token, inbox: &mut Vec<(NodeId, Message)>, now: Instant) -> Result<(), String> {
         let Some(c) = self.conns.get_mut(&token) else { return Ok(()) };
         let was_known = c.conn.peer().is_some();
-        let Some(peer) = c.conn.read_handshake(PROTOCOL_VERSION, &self.me.cluster_id).map_err(|e| e.to_string())?
-        else {
+        let handshake = c.conn.read_handshake(PROTOCOL_VERSION, &self.me.cluster_id);
+        if !was_known && c.conn.pending_bytes() > 0 {
+            // The handshake queued our proof (and, once authenticated, held-back frames).
+            self.unflushed.push(token);
+        }
+        let Some(peer) = handshake.map_err(|e| e.to_string())? else {
             return Ok(());
         };
         match c.side {
@@ -280,6 +342,7 @@ impl Peers {
         let c = self.conns.get_mut(&token).expect("still open");
         let mut frames: Vec<Wire> = Vec::new();
         let outcome = c.conn.read_frames(&mut frames);
+        c.activity.on_read(now, frames.len(), c.conn.partial_frame_bytes());
         for frame in frames {
             self.on_frame(token, frame, inbox)?;
         }
@@ -310,8 +373,10 @@ impl Peers {
                 }
                 *hello = true;
                 self.hello_addrs.insert(peer, h.listen_addr);
+                self.make_room_for_inbound(token, peer);
                 Ok(())
             }
+            (Side::Inbound { hello: true, .. }, Wire::Keepalive) => Ok(()),
             (Side::Inbound { peer: Some(peer), hello: true }, Wire::Raft(msg)) => {
                 msg.check_well_formed().map_err(|why| format!("malformed Raft message from node {peer}: {why}"))?;
                 inbox.push((*peer, msg));
@@ -326,8 +391,45 @@ impl Peers {
         }
     }
 
+    /// One live inbound connection per member: a newer one (it proved the secret and the
+    /// member's incarnation) replaces the older, which is likely half-open.
+    /// Ids outside the configuration share [`NON_MEMBER_INBOUND_MAX`] connections, the
+    /// oldest closed first.
+    fn make_room_for_inbound(&mut self, token: Token, peer: NodeId) {
+        let inbound = |c: &Conn| match c.side {
+            Side::Inbound { peer: Some(p), hello: true } => Some(p),
+            _ => None,
+        };
+        // The one accepted last stays (Hellos of one turn may be handled in any order).
+        let mut same: Vec<(Instant, Token)> =
+            self.conns.iter().filter(|&(_, c)| inbound(c) == Some(peer)).map(|(&t, c)| (c.opened_at, t)).collect();
+        same.sort_unstable();
+        same.pop();
+        let mut doomed: Vec<Token> = same.into_iter().map(|(_, t)| t).collect();
+        if !self.member_addrs.contains_key(&peer) && !self.config_addrs.contains_key(&peer) {
+            let mut others: Vec<(Instant, Token)> = self
+                .conns
+                .iter()
+                .filter(|&(&t, c)| {
+                    t != token
+                        && inbound(c).is_some_and(|p| {
+                            p != peer && !self.member_addrs.contains_key(&p) && !self.config_addrs.contains_key(&p)
+                        })
+                })
+                .map(|(&t, c)| (c.opened_at, t))
+                .collect();
+            others.sort_unstable();
+            let excess = (others.len() + 1).saturating_sub(NON_MEMBER_INBOUND_MAX);
+            doomed.extend(others.iter().take(excess).map(|&(_, t)| t));
+        }
+        self.pending_close.extend(doomed);
+    }
+
     /// Writes all queued output; one write per connection per turn where possible.
     pub fn flush_all(&mut self, registry: &Registry, now: Instant) {
+        for token in std::mem::take(&mut self.pending_close) {
+            self.close(registry, token, now, "replaced by a newer connection, or too many from non-members");
+        }
         let mut tokens = std::mem::take(&mut self.unflushed);
         tokens.sort_unstable();
         tokens.dedup();
@@ -405,5 +507,6 @@ fn frame_name(frame: &Wire) -> &'static str {
         Wire::Hello(_) => "Hello",
         Wire::Raft(_) => "Raft",
         Wire::Refused(_) => "Refused",
+        Wire::Keepalive => "Keepalive",
     }
 }

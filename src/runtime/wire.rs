@@ -15,6 +15,9 @@ pub(crate) enum Wire {
     Raft(Message),
     /// The acceptor's last word before closing: why it refused the connection.
     Refused(String),
+    /// Sent by a dialer with nothing else to say, so the acceptor's idle timeout (which
+    /// closes connections that stopped sending) leaves a healthy link alone.
+    Keepalive,
 }
 
 /// Tells the acceptor more about the dialing node than the transport's handshake does.

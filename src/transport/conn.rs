@@ -8,6 +8,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use serde::{Serialize, de::DeserializeOwned};
 
+use super::auth::{ClusterKey, Proof, Role, Transcript, prove, verify};
 use super::error::TransportError;
 use super::frame::{DEFAULT_MAX_FRAME_BYTES, FrameDecoder, RETAINED_CAPACITY_BYTES, encode_frame};
 use super::handshake::{Handshake, MAX_HANDSHAKE_BYTES, check_handshake};
@@ -29,6 +30,8 @@ pub struct ConnectionConfig {
     pub max_outbound_bytes: usize,
     /// Most bytes one [`Connection::read_frames`] call reads (at least 1 is used).
     pub read_budget_bytes: usize,
+    /// The key both sides must prove they hold (see [`prove`](super::prove)).
+    pub key: ClusterKey,
 }
 
 impl Default for ConnectionConfig {
@@ -37,6 +40,7 @@ impl Default for ConnectionConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_outbound_bytes: DEFAULT_MAX_OUTBOUND_BYTES,
             read_budget_bytes: READ_BUDGET_BYTES,
+            key: ClusterKey::unauthenticated(),
         }
     }
 }
@@ -63,10 +67,14 @@ enum Fill {
 
 /// A TCP connection carrying length-prefixed MessagePack frames.
 ///
-/// Protocol: each side first queues its own [`Handshake`], and reads the peer's with
-/// [`read_handshake`](Self::read_handshake); every later frame is a value of the caller's
-/// message type, read with [`read_frames`](Self::read_frames). The transport knows
-/// nothing of what those messages mean.
+/// Protocol: each side first sends its own [`Handshake`] with
+/// [`start_handshake`](Self::start_handshake), and reads the peer's with
+/// [`read_handshake`](Self::read_handshake), which also exchanges and checks the two
+/// [`Proof`]s; every later frame is a value of the caller's message type, read with
+/// [`read_frames`](Self::read_frames). Frames [`queue`](Self::queue)d before the peer is
+/// authenticated are held back until it is, so nothing the caller sends (such as an
+/// incarnation) reaches a peer that has not proven it holds the cluster secret. The
+/// transport knows nothing of what those messages mean.
 ///
 /// Register it with a [`Registry`] directly (it is a [`Source`]) using
 /// [`interest`](Self::interest), and re-register whenever that changes.
@@ -78,7 +86,14 @@ pub struct Connection {
     /// Bytes of `out` already written to the socket.
     out_pos: usize,
     config: ConnectionConfig,
+    /// Our handshake and side, once sent.
+    ours: Option<(Handshake, Role)>,
+    /// The peer's handshake, received but its proof not yet checked.
+    unproven: Option<Handshake>,
+    /// The peer's handshake, once its proof checked.
     peer: Option<Handshake>,
+    /// Frames queued before the peer was authenticated (bounded like `out`).
+    held: Vec<u8>,
 }
 
 impl Connection {
@@ -92,7 +107,10 @@ impl Connection {
             out: Vec::new(),
             out_pos: 0,
             config,
+            ours: None,
+            unproven: None,
             peer: None,
+            held: Vec::new(),
         })
     }
 
@@ -105,7 +123,16 @@ impl Connection {
         Self::new(TcpStream::connect(addr)?, config)
     }
 
-    /// The peer's handshake, once accepted.
+    /// Sends our handshake as `role`; call once, first. The proof follows by itself once
+    /// the peer's handshake arrives (in [`read_handshake`](Self::read_handshake)).
+    pub fn start_handshake(&mut self, ours: Handshake, role: Role) -> Result<(), TransportError> {
+        debug_assert!(self.ours.is_none(), "one handshake per connection");
+        encode_frame(&mut self.out, &ours, MAX_HANDSHAKE_BYTES)?;
+        self.ours = Some((ours, role));
+        Ok(())
+    }
+
+    /// The peer's handshake, once its proof checked.
     pub fn peer(&self) -> Option<&Handshake> {
         self.peer.as_ref()
     }
@@ -115,14 +142,19 @@ impl Connection {
         &self.stream
     }
 
-    /// Unsent outbound bytes.
+    /// Unsent outbound bytes (held-back frames included).
     pub fn pending_bytes(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len() - self.out_pos + self.held.len()
+    }
+
+    /// Bytes of a frame received in part: the memory a slow or stalled peer holds.
+    pub fn partial_frame_bytes(&self) -> usize {
+        self.decoder.buffered_len()
     }
 
     /// The events to register for: always readable, and writable while output is pending.
     pub fn interest(&self) -> Interest {
-        match self.pending_bytes() {
+        match self.out.len() - self.out_pos {
             0 => Interest::READABLE,
             _ => Interest::READABLE | Interest::WRITABLE,
         }
@@ -141,11 +173,12 @@ impl Connection {
             return Err(TransportError::Backpressure);
         }
         self.compact_outbound();
-        let before = self.out.len();
-        encode_frame(&mut self.out, msg, self.config.max_frame_bytes)?;
-        let frame_len = self.out.len() - before;
+        let buf = if self.peer.is_some() { &mut self.out } else { &mut self.held };
+        let before = buf.len();
+        encode_frame(buf, msg, self.config.max_frame_bytes)?;
+        let frame_len = buf.len() - before;
         if pending > 0 && pending + frame_len > self.config.max_outbound_bytes {
-            self.out.truncate(before);
+            buf.truncate(before);
             return Err(TransportError::Backpressure);
         }
         Ok(())
@@ -182,13 +215,14 @@ impl Connection {
 }
 
 impl Connection {
-    /// Reads the peer's handshake and checks it with [`check_handshake`].
+    /// Reads the peer's handshake, checks it with [`check_handshake`], sends our proof,
+    /// then reads and [`verify`]s the peer's.
     ///
-    /// `Ok(None)` means it has not fully arrived: wait for a readable event. Once this
-    /// returns `Some`, call [`read_frames`](Self::read_frames) straight away: frames that
-    /// arrived with the handshake are still in the socket, and mio, being edge-triggered,
-    /// will not report them again.
-    /// Calling again after success returns the same handshake.
+    /// `Ok(None)` means it has not fully arrived: wait for a readable event (and flush:
+    /// our proof may have been queued). Once this returns `Some`, call
+    /// [`read_frames`](Self::read_frames) straight away: frames that arrived with the
+    /// handshake are still in the socket, and mio, being edge-triggered, will not report
+    /// them again. Calling again after success returns the same handshake.
     pub fn read_handshake(
         &mut self,
         expected_version: u32,
@@ -197,15 +231,15 @@ impl Connection {
         if let Some(peer) = &self.peer {
             return Ok(Some(peer.clone()));
         }
+        let Some((ours, role)) = self.ours.clone() else { return Err(TransportError::HandshakeIncomplete) };
         // Read exactly the handshake's bytes, never past it: later frames belong to
         // `read_frames` and its budget. Terminates: the decoder refuses a prefix above
         // MAX_HANDSHAKE_BYTES, and each read brings the frame closer to complete.
         loop {
-            if let Some(hs) = self.decoder.next_frame::<Handshake>()? {
-                check_handshake(&hs, expected_version, expected_cluster)?;
-                self.decoder.set_max_frame_bytes(self.config.max_frame_bytes);
-                self.peer = Some(hs.clone());
-                return Ok(Some(hs));
+            while let Some(step) = self.next_handshake_frame(&ours, role, (expected_version, expected_cluster))? {
+                if let Some(peer) = step {
+                    return Ok(Some(peer));
+                }
             }
             match self.fill(self.decoder.bytes_needed())? {
                 Fill::Bytes(_) => {}
@@ -213,6 +247,38 @@ impl Connection {
                 Fill::Eof => return Err(TransportError::Closed),
             }
         }
+    }
+
+    /// Handles one complete handshake-stage frame, if one is buffered: `Some(None)` after
+    /// the peer's handshake (our proof is now queued), `Some(Some(peer))` once the peer's
+    /// proof checked, `None` if more bytes are needed.
+    fn next_handshake_frame(
+        &mut self,
+        ours: &Handshake,
+        role: Role,
+        (expected_version, expected_cluster): (u32, &str),
+    ) -> Result<Option<Option<Handshake>>, TransportError> {
+        let Some(hs) = self.unproven.take() else {
+            let Some(hs) = self.decoder.next_frame::<Handshake>()? else { return Ok(None) };
+            check_handshake(&hs, expected_version, expected_cluster)?;
+            let proof = prove(&self.config.key, role, &transcript(ours, &hs, role));
+            encode_frame(&mut self.out, &proof, MAX_HANDSHAKE_BYTES)?;
+            self.unproven = Some(hs);
+            return Ok(Some(None));
+        };
+        let Some(proof) = self.decoder.next_frame::<Proof>()? else {
+            self.unproven = Some(hs);
+            return Ok(None);
+        };
+        let theirs = match role {
+            Role::Dialer => Role::Acceptor,
+            Role::Acceptor => Role::Dialer,
+        };
+        verify(&self.config.key, theirs, &transcript(ours, &hs, role), &proof)?;
+        self.decoder.set_max_frame_bytes(self.config.max_frame_bytes);
+        self.out.append(&mut self.held);
+        self.peer = Some(hs.clone());
+        Ok(Some(Some(hs)))
     }
 
     /// Reads and decodes frames into `out` until the socket would block, the peer closes,
@@ -258,6 +324,19 @@ impl Connection {
                 Err(e) => Err(e.into()),
             };
         }
+    }
+}
+
+/// The transcript both proofs of a connection cover.
+fn transcript<'a>(ours: &'a Handshake, theirs: &'a Handshake, role: Role) -> Transcript<'a> {
+    let (dialer, acceptor) = match role {
+        Role::Dialer => (ours, theirs),
+        Role::Acceptor => (theirs, ours),
+    };
+    Transcript {
+        cluster_id: &ours.cluster_id,
+        dialer: (dialer.node_id, &dialer.nonce),
+        acceptor: (acceptor.node_id, &acceptor.nonce),
     }
 }
 

@@ -45,6 +45,9 @@ pub enum TransportError {
     Closed,
     /// Frames were read before the peer's handshake was accepted.
     HandshakeIncomplete,
+    /// The peer's proof does not show it holds the cluster secret (or the two sides hold
+    /// different secrets).
+    AuthFailed,
 }
 
 impl fmt::Display for TransportError {
@@ -67,6 +70,7 @@ impl fmt::Display for TransportError {
             Self::Backpressure => write!(f, "outbound buffer full"),
             Self::Closed => write!(f, "connection closed by peer"),
             Self::HandshakeIncomplete => write!(f, "handshake not yet completed"),
+            Self::AuthFailed => write!(f, "peer failed authentication: wrong or missing cluster secret"),
         }
     }
 }

@@ -2,10 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::auth::{Nonce, fresh_nonce};
 use super::error::TransportError;
 
-/// The wire protocol version this build speaks; peers must match exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The wire protocol version this build speaks; peers must match exactly. Version 2 added
+/// the nonce and the [`Proof`](super::Proof) frame (peer authentication).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest handshake frame body accepted. A handshake is a few dozen bytes, so a tight
 /// bound stops an unauthenticated peer from making us buffer much before we know it.
@@ -20,6 +22,20 @@ pub struct Handshake {
     pub cluster_id: String,
     /// The sender's node id; never 0.
     pub node_id: u64,
+    /// Fresh for every connection: the other side's proof must cover it (see `auth`).
+    pub nonce: Nonce,
+}
+
+impl Handshake {
+    /// This build's handshake for node `node_id` of `cluster_id`, with a fresh nonce.
+    pub fn new(cluster_id: &str, node_id: u64) -> Result<Handshake, TransportError> {
+        Ok(Handshake {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: cluster_id.into(),
+            node_id,
+            nonce: fresh_nonce()?,
+        })
+    }
 }
 
 /// Accepts `hs` only if it speaks `expected_version`, belongs to `expected_cluster` and
@@ -48,7 +64,7 @@ mod tests {
     use super::*;
 
     fn hs(version: u32, cluster: &str, node_id: u64) -> Handshake {
-        Handshake { protocol_version: version, cluster_id: cluster.into(), node_id }
+        Handshake { protocol_version: version, cluster_id: cluster.into(), node_id, nonce: [0; 32] }
     }
 
     #[test]

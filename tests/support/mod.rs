@@ -1,9 +1,11 @@
 //! Shared test support: the deterministic simulator and its workloads.
 #![allow(dead_code)]
 
+pub mod attacker;
 pub mod checker;
 pub mod clients;
 pub mod cluster;
+pub mod hostile;
 pub mod proxy;
 pub mod sim;
 pub mod sim_storage;

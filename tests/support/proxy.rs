@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -18,6 +18,9 @@ struct Inner {
     stop: AtomicBool,
     /// Both sockets of every forwarded connection, so `cut` can close them.
     conns: Mutex<Vec<TcpStream>>,
+    /// Connections forwarded so far, and forwarding directions that ended.
+    forwarded: AtomicUsize,
+    ended: AtomicUsize,
 }
 
 /// Forwards bytes both ways between whoever connects to [`Proxy::addr`] and `target`.
@@ -37,6 +40,8 @@ impl Proxy {
             cut: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
+            forwarded: AtomicUsize::new(0),
+            ended: AtomicUsize::new(0),
         });
         let acceptor = {
             let inner = inner.clone();
@@ -57,6 +62,12 @@ impl Proxy {
     pub fn cut(&self) {
         self.inner.cut.store(true, Ordering::SeqCst);
         close_all(&self.inner);
+    }
+
+    /// How many connections it has forwarded, and how many of them ended (either way).
+    pub fn connections(&self) -> (usize, usize) {
+        let ended = self.inner.ended.load(Ordering::SeqCst);
+        (self.inner.forwarded.load(Ordering::SeqCst), ended.div_ceil(2))
     }
 
     /// Forwards new connections again.
@@ -116,8 +127,16 @@ fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
             conns.push(c3);
             conns.push(s3);
         }
-        std::thread::spawn(move || pump(client, s2));
-        std::thread::spawn(move || pump(server, c2));
+        inner.forwarded.fetch_add(1, Ordering::SeqCst);
+        let (i1, i2) = (inner.clone(), inner.clone());
+        std::thread::spawn(move || {
+            pump(client, s2);
+            i1.ended.fetch_add(1, Ordering::SeqCst);
+        });
+        std::thread::spawn(move || {
+            pump(server, c2);
+            i2.ended.fetch_add(1, Ordering::SeqCst);
+        });
     }
 }
 

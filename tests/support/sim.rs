@@ -389,6 +389,12 @@ impl Sim {
         }
     }
 
+    /// Puts a message from anyone (a hostile source, say) on the network to `to`; it meets
+    /// the same drops, duplicates and delays as the rest.
+    pub fn inject(&mut self, from: NodeId, to: NodeId, msg: Message) {
+        self.send(from, to, msg);
+    }
+
     /// A client writes a fresh command at server `id`; returns the command.
     pub fn write(&mut self, id: NodeId) -> u64 {
         let cmd = self.next_cmd;

@@ -54,6 +54,8 @@ impl Event {
             MessageKind::Heartbeat { commit, read_seq } => ("Heartbeat[commit,read_seq]", [commit.0, *read_seq, 0]),
             MessageKind::HeartbeatResponse { read_seq } => ("HeartbeatResponse[read_seq]", [*read_seq, 0, 0]),
             MessageKind::TimeoutNow => ("TimeoutNow", [0; 3]),
+            MessageKind::LeaderHint { leader } => ("LeaderHint[leader]", [*leader, 0, 0]),
+            MessageKind::LeaderQuery => ("LeaderQuery", [0; 3]),
         };
         Event::Deliver { from, to, term: msg.term.0, what, detail }
     }

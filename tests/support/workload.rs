@@ -9,6 +9,7 @@ use quorate::core::{Membership, NodeId};
 use quorate::replica::Request;
 
 use super::clients::SimReply;
+use super::hostile;
 use super::sim::{Faults, Sim, UNITS_PER_TICK};
 
 /// What one run did, for the summary.
@@ -20,6 +21,8 @@ pub struct Stats {
     pub writes_indeterminate: u64,
     pub reads: u64,
     pub max_term: u64,
+    /// Messages the cores dropped at their door (hostile input, mostly).
+    pub refused: u64,
 }
 
 impl Stats {
@@ -30,6 +33,7 @@ impl Stats {
         self.writes_indeterminate += s.writes_indeterminate;
         self.reads += s.reads;
         self.max_term = self.max_term.max(s.max_term);
+        self.refused += s.refused;
     }
 }
 
@@ -39,6 +43,8 @@ pub struct Scenario {
     pub nodes: u64,
     pub fault_ticks: u64,
     pub churn: bool,
+    /// Mix messages from non-members with random terms into the network (`hostile.rs`).
+    pub hostile: bool,
 }
 
 /// Ticks after healing within which a leader must commit a new entry everywhere, or at
@@ -63,6 +69,7 @@ pub fn run(seed: u64, sc: Scenario) -> Stats {
         writes_indeterminate: sim.checker.writes_indeterminate,
         reads: sim.checker.reads_checked,
         max_term: sim.nodes.values().filter_map(|n| n.raft()).map(|r| r.current_term().0).max().unwrap_or(0),
+        refused: sim.nodes.values().filter_map(|n| n.raft()).map(|r| r.refused().total()).sum(),
     }
 }
 
@@ -87,6 +94,9 @@ fn drive(sim: &mut Sim, sc: Scenario) {
         }
         if sc.churn && sim.rng.chance(0.004) {
             churn.event(sim);
+        }
+        if sc.hostile && sim.rng.chance(hostile::INJECT_CHANCE) {
+            hostile::inject(sim);
         }
     }
     sim.heal();
