@@ -3,8 +3,8 @@
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -16,7 +16,7 @@ use crate::core::{Message, NodeId, Raft};
 use crate::replica::{Replica, Request, Respond};
 use crate::state_machine::StateMachine;
 use crate::status::Status;
-use crate::storage::MemoryStorage;
+use crate::storage::{FileOptions, FileStorage, MemoryStorage, NodeStorage};
 use crate::transport::ConnectionConfig;
 
 use super::peers::{Identity, Peers};
@@ -45,6 +45,9 @@ pub(crate) struct Shared {
     /// The node thread has finished (or is unwinding): it takes no more requests. Whoever
     /// sees this drains the queue, so every queued request answers `Stopped` at once.
     pub exited: AtomicBool,
+    /// Why the node stopped, if its storage failed: set before `exited`, so clients that
+    /// see the node gone answer [`crate::Error::StorageFailed`] instead of `Stopped`.
+    pub storage_failure: OnceLock<String>,
 }
 
 impl Shared {
@@ -61,7 +64,7 @@ impl Shared {
 pub(crate) struct NodeLoop<M: StateMachine> {
     id: NodeId,
     /// The server itself: core, storage, state machine, pending requests.
-    replica: Replica<M, MemoryStorage, Local>,
+    replica: Replica<M, NodeStorage, Local>,
     poll: Poll,
     listener: TcpListener,
     peers: Peers,
@@ -83,12 +86,13 @@ impl<M: StateMachine> NodeLoop<M> {
         machine: M,
         requests: Receiver<LocalRequest<M>>,
         shared: Arc<Shared>,
-    ) -> std::io::Result<NodeLoop<M>> {
-        let replica = Replica::new(config.replica_config(), MemoryStorage::default(), machine)?;
+    ) -> crate::Result<NodeLoop<M>> {
+        let (storage, incarnation) = open_storage(config)?;
+        let replica = Replica::new(config.replica_config(), storage, machine)?;
         let me = Identity {
             id: config.id,
             cluster_id: config.cluster_id.clone(),
-            incarnation: config.core_config().seed ^ 0xA5A5_5A5A,
+            incarnation,
             listen_addr: config.listen,
         };
         let conn_config = ConnectionConfig { max_frame_bytes: config.max_frame_bytes, ..ConnectionConfig::default() };
@@ -233,6 +237,9 @@ impl<M: StateMachine> NodeLoop<M> {
 
     fn shutdown(mut self) {
         log::info!("node {}: stopping", self.id);
+        if let Some(why) = self.replica.storage_failure() {
+            let _ = self.shared.storage_failure.set(why.to_string());
+        }
         self.replica.shutdown();
         self.peers.close_all(self.poll.registry());
     }
@@ -249,6 +256,23 @@ impl<M: StateMachine> Drop for NodeLoop<M> {
             drop(request);
         }
     }
+}
+
+/// The node's storage, and its incarnation (see `Hello`): random per process in memory
+/// mode; the data dir's own in durable mode, so a restart on the same data is accepted by
+/// peers' restart guard while a node on a new or wiped directory is refused like a
+/// restarted memory-only one.
+fn open_storage(config: &Config) -> Result<(NodeStorage, u64), crate::Error> {
+    let Some(dir) = &config.data_dir else {
+        return Ok((NodeStorage::Memory(MemoryStorage::default()), config.core_config().seed ^ 0xA5A5_5A5A));
+    };
+    let options = FileOptions { faults: config.storage_faults.clone(), ..FileOptions::default() };
+    let storage = FileStorage::open(dir, &config.cluster_id, config.id, options).map_err(|e| {
+        log::error!("node {}: {e}", config.id);
+        crate::Error::DataDir(e.to_string())
+    })?;
+    let incarnation = storage.incarnation();
+    Ok((NodeStorage::File(storage), incarnation))
 }
 
 /// The addresses the latest configuration records, parsed.
