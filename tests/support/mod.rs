@@ -3,6 +3,7 @@
 
 pub mod checker;
 pub mod clients;
+pub mod durable;
 pub mod cluster;
 pub mod proxy;
 pub mod sim;
