@@ -135,16 +135,14 @@ mod tests {
     fn only_timeouts_and_lost_leadership_are_indeterminate() {
         assert!(Error::Timeout.is_indeterminate());
         assert!(Error::LeadershipLost.is_indeterminate());
-        for e in
-            [
+        for e in [
             Error::Redirect { leader: None },
             Error::Stopped,
             Error::Busy,
             Error::TransferInProgress,
             Error::NotAVoter,
             Error::StorageFailed("disk full".into()),
-        ]
-        {
+        ] {
             assert!(!e.is_indeterminate(), "{e}");
         }
     }

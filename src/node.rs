@@ -1,8 +1,8 @@
 //! The node handle: starts the node's thread and stops it.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use mio::{Poll, Waker};

@@ -118,8 +118,7 @@ fn storage_failure(inject: impl Fn(&StorageFaults)) {
     dc.cluster.stop(1);
     let faults = Arc::new(StorageFaults::default());
     let l = std::net::TcpListener::bind(dc.cluster.addrs[&1]).unwrap();
-    let node =
-        Node::start_with_listener(dc.config(1).storage_faults(faults.clone()), l, Recorder::default()).unwrap();
+    let node = Node::start_with_listener(dc.config(1).storage_faults(faults.clone()), l, Recorder::default()).unwrap();
     let client = node.client();
     client.await_leader(Duration::from_secs(10)).unwrap();
     let mut acked = Vec::new();

@@ -89,12 +89,8 @@ impl<M: StateMachine> NodeLoop<M> {
     ) -> crate::Result<NodeLoop<M>> {
         let (storage, incarnation) = open_storage(config)?;
         let replica = Replica::new(config.replica_config(), storage, machine)?;
-        let me = Identity {
-            id: config.id,
-            cluster_id: config.cluster_id.clone(),
-            incarnation,
-            listen_addr: config.listen,
-        };
+        let me =
+            Identity { id: config.id, cluster_id: config.cluster_id.clone(), incarnation, listen_addr: config.listen };
         let conn_config = ConnectionConfig { max_frame_bytes: config.max_frame_bytes, ..ConnectionConfig::default() };
         let mut peers = Peers::new(me, conn_config, config.peers.clone(), FIRST_PEER_TOKEN);
         peers.set_member_addrs(member_addrs(replica.core()));
@@ -272,7 +268,7 @@ fn open_storage(config: &Config) -> Result<(NodeStorage, u64), crate::Error> {
         crate::Error::DataDir(e.to_string())
     })?;
     let incarnation = storage.incarnation();
-    Ok((NodeStorage::File(storage), incarnation))
+    Ok((NodeStorage::File(Box::new(storage)), incarnation))
 }
 
 /// The addresses the latest configuration records, parsed.

@@ -15,7 +15,7 @@ pub(crate) enum NodeStorage {
     /// Nothing is kept across restarts.
     Memory(MemoryStorage),
     /// A data directory.
-    File(FileStorage),
+    File(Box<FileStorage>),
 }
 
 impl Storage for NodeStorage {

@@ -3,8 +3,8 @@
 
 pub mod checker;
 pub mod clients;
-pub mod durable;
 pub mod cluster;
+pub mod durable;
 pub mod proxy;
 pub mod sim;
 pub mod sim_storage;
