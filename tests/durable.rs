@@ -175,7 +175,7 @@ const SEGMENT_BYTES: u64 = 2048;
 const ENTRIES: u64 = 60;
 
 fn open(dir: &Path) -> std::io::Result<FileStorage> {
-    FileStorage::open(dir, "torn", 7, FileOptions { segment_bytes: SEGMENT_BYTES, faults: None })
+    FileStorage::open(dir, "torn", 7, FileOptions { segment_bytes: SEGMENT_BYTES, ..FileOptions::default() })
 }
 
 fn entry(index: u64) -> Entry {

@@ -18,6 +18,17 @@ pub(crate) enum NodeStorage {
     File(Box<FileStorage>),
 }
 
+impl NodeStorage {
+    /// Syncs what the turn wrote, after its messages were sent (see
+    /// `FileOptions::sync_after_send`); returns whether the replica should look again.
+    pub(crate) fn sync_written(&mut self) -> bool {
+        match self {
+            NodeStorage::Memory(_) => false,
+            NodeStorage::File(s) => s.sync_written(),
+        }
+    }
+}
+
 impl Storage for NodeStorage {
     fn recover(&mut self) -> io::Result<Recovered> {
         match self {

@@ -42,11 +42,15 @@ pub struct FileOptions {
     pub segment_bytes: u64,
     /// Injected failures, for tests.
     pub faults: Option<Arc<StorageFaults>>,
+    /// `flush` only writes; [`FileStorage::sync_written`] syncs. The node loop sets it so
+    /// a leader's AppendEntries leave before its own `fdatasync` instead of after it
+    /// (dissertation §10.2.1): the leader's and the followers' syncs overlap.
+    pub sync_after_send: bool,
 }
 
 impl Default for FileOptions {
     fn default() -> FileOptions {
-        FileOptions { segment_bytes: SEGMENT_BYTES_DEFAULT, faults: None }
+        FileOptions { segment_bytes: SEGMENT_BYTES_DEFAULT, faults: None, sync_after_send: false }
     }
 }
 
@@ -77,6 +81,11 @@ pub struct FileStorage {
     /// The hard state as of the last record on disk (what a new segment starts with).
     flushed_hard_state: HardState,
     appended: u64,
+    /// Batches written to the file (not necessarily synced). Invariant: `synced <= written
+    /// <= appended`.
+    written: u64,
+    /// A segment was created since the last sync: the directory needs a sync too.
+    dir_unsynced: bool,
     /// `fdatasync`s of log segments this storage made.
     log_syncs: u64,
     /// Invariant: `synced <= appended`, and `synced == appended` right after a good flush.
@@ -147,6 +156,8 @@ impl FileStorage {
             hard_state: HardState::default(),
             flushed_hard_state: HardState::default(),
             appended: 0,
+            written: 0,
+            dir_unsynced: false,
             log_syncs: 0,
             synced: 0,
             failed: None,
@@ -219,27 +230,58 @@ impl FileStorage {
         &self.dir
     }
 
-    /// Writes the pending records (starting a new segment first if the active one is
-    /// full) and syncs them with one `fdatasync`.
+    /// Writes the pending records, starting a new segment first if the active one is full.
     fn write_pending(&mut self) -> io::Result<()> {
-        let full = self.active.as_ref().is_none_or(|a| a.len >= self.options.segment_bytes);
-        let new_segment = if full { Some(self.start_segment()?) } else { None };
+        if self.active.as_ref().is_none_or(|a| a.len >= self.options.segment_bytes) {
+            self.start_segment()?;
+            self.dir_unsynced = true;
+        }
         let active = self.active.as_mut().expect("a segment is active");
-        let faults = self.options.faults.as_deref();
-        if faults.is_some_and(StorageFaults::writes_fail) {
+        if self.options.faults.as_deref().is_some_and(StorageFaults::writes_fail) {
             let half = &self.pending[..self.pending.len() / 2];
             active.file.write_all(half)?;
             return Err(io::Error::new(io::ErrorKind::StorageFull, "injected write failure (disk full)"));
         }
         active.file.write_all(&self.pending)?;
         active.len += self.pending.len() as u64;
+        Ok(())
+    }
+
+    /// One `fdatasync` for everything written since the last one (and a directory sync if
+    /// a segment was created: its entry must be durable too, or a crash loses the file).
+    fn sync_active(&mut self) -> io::Result<()> {
+        let active = self.active.as_ref().expect("written to a segment");
         self.log_syncs += 1;
-        sync::sync_data(&active.file, faults)?;
-        if new_segment.is_some() {
-            // The new file's directory entry must be durable too, or a crash loses it.
+        sync::sync_data(&active.file, self.options.faults.as_deref())?;
+        if std::mem::take(&mut self.dir_unsynced) {
             sync::sync_dir(&self.dir)?;
         }
         Ok(())
+    }
+
+    /// Makes durable what `flush` wrote (with `sync_after_send`; otherwise `flush` already
+    /// did). Returns whether `synced` moved or the storage failed: either way the replica
+    /// has something to act on.
+    pub fn sync_written(&mut self) -> bool {
+        if self.failed.is_some() || self.written == self.synced {
+            return false;
+        }
+        match self.sync_active() {
+            Ok(()) => self.synced = self.written,
+            Err(e) => {
+                self.fail("syncing", e);
+            }
+        }
+        true
+    }
+
+    /// Records a write or sync failure: from now on everything is refused.
+    fn fail(&mut self, doing: &str, e: io::Error) -> io::Error {
+        let seq = self.active.as_ref().map_or(0, |a| a.seq);
+        let why = format!("{doing} log segment {} in {}: {e}", segment::name(seq), self.dir.display());
+        log::error!("node {}: {why}; refusing all further writes", self.identity.node_id);
+        self.failed = Some(why.clone());
+        io::Error::new(e.kind(), why)
     }
 
     /// Creates the next segment with its header and the hard state so far (not yet
@@ -298,24 +340,20 @@ impl Storage for FileStorage {
     fn flush(&mut self) -> io::Result<()> {
         self.refuse()?;
         if self.pending.is_empty() {
-            debug_assert_eq!(self.synced, self.appended);
+            debug_assert_eq!(self.written, self.appended);
             return Ok(());
         }
-        match self.write_pending() {
-            Ok(()) => {
-                self.pending.clear();
-                self.flushed_hard_state = self.hard_state;
-                self.synced = self.appended;
-                Ok(())
-            }
-            Err(e) => {
-                let seq = self.active.as_ref().map_or(0, |a| a.seq);
-                let why = format!("writing log segment {} in {}: {e}", segment::name(seq), self.dir.display());
-                log::error!("node {}: {why}; refusing all further writes", self.identity.node_id);
-                self.failed = Some(why.clone());
-                Err(io::Error::new(e.kind(), why))
-            }
+        if let Err(e) = self.write_pending() {
+            return Err(self.fail("writing", e));
         }
+        self.pending.clear();
+        self.flushed_hard_state = self.hard_state;
+        self.written = self.appended;
+        if !self.options.sync_after_send {
+            self.sync_active().map_err(|e| self.fail("syncing", e))?;
+            self.synced = self.written;
+        }
+        Ok(())
     }
 
     fn synced(&self) -> u64 {

@@ -80,3 +80,19 @@ fn segments_roll_over_and_each_starts_with_the_hard_state() {
     assert_eq!(r.log.last_index(), LogIndex(40));
     assert_eq!(r.hard_state, hs);
 }
+
+#[test]
+fn with_sync_after_send_a_flush_writes_and_only_sync_written_makes_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = FileOptions { sync_after_send: true, ..FileOptions::default() };
+    let mut s = FileStorage::open(dir.path(), "test", 1, options).unwrap();
+    s.recover().unwrap();
+    s.append(None, Some(LogIndex(1)), &[entry(1, 1)]).unwrap();
+    s.append(None, Some(LogIndex(2)), &[entry(1, 2)]).unwrap();
+    s.flush().unwrap();
+    assert_eq!(s.synced(), 0, "written, not yet synced");
+    assert!(s.sync_written());
+    assert_eq!((s.synced(), s.log_syncs()), (2, 1));
+    assert!(!s.sync_written(), "nothing new to sync");
+    assert_eq!(s.log_syncs(), 1);
+}
