@@ -294,7 +294,11 @@ fn garbage_or_zeros_after_the_last_record_are_a_torn_tail() {
     }
     // Zeros a filesystem may show after a crash extended the file.
     let dir = copy_dir(original.path());
-    mangle(&last_segment(dir.path()), |b| b.extend([0u8; 4096]));
+    let path = last_segment(dir.path());
+    let len = std::fs::metadata(&path).unwrap().len();
+    mangle(&path, |b| b.extend([0u8; 4096]));
+    drop(open(dir.path()).unwrap());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "the torn tail was not cut off");
     assert_eq!(recovered_prefix(dir.path(), ENTRIES), ENTRIES);
 }
 
