@@ -27,6 +27,14 @@ impl NodeStorage {
             NodeStorage::File(s) => s.sync_written(),
         }
     }
+
+    /// Whether batches were written but not synced yet.
+    pub(crate) fn has_unsynced_writes(&self) -> bool {
+        match self {
+            NodeStorage::Memory(_) => false,
+            NodeStorage::File(s) => s.has_unsynced_writes(),
+        }
+    }
 }
 
 impl Storage for NodeStorage {

@@ -233,6 +233,11 @@ impl FileStorage {
     /// Writes the pending records, starting a new segment first if the active one is full.
     fn write_pending(&mut self) -> io::Result<()> {
         if self.active.as_ref().is_none_or(|a| a.len >= self.options.segment_bytes) {
+            if let Some(old) = self.active.as_ref().filter(|_| self.written > self.synced) {
+                // A sync covers only the active file: the old one's last writes first.
+                self.log_syncs += 1;
+                sync::sync_data(&old.file, self.options.faults.as_deref())?;
+            }
             self.start_segment()?;
             self.dir_unsynced = true;
         }
@@ -273,6 +278,11 @@ impl FileStorage {
             }
         }
         true
+    }
+
+    /// Whether `flush` wrote batches that [`FileStorage::sync_written`] has yet to sync.
+    pub fn has_unsynced_writes(&self) -> bool {
+        self.failed.is_none() && self.written > self.synced
     }
 
     /// Records a write or sync failure: from now on everything is refused.

@@ -96,3 +96,24 @@ fn with_sync_after_send_a_flush_writes_and_only_sync_written_makes_durable() {
     assert!(!s.sync_written(), "nothing new to sync");
     assert_eq!(s.log_syncs(), 1);
 }
+
+#[test]
+fn a_segment_left_with_unsynced_writes_is_synced_before_the_next_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = FileOptions { sync_after_send: true, segment_bytes: 64, ..FileOptions::default() };
+    let mut s = FileStorage::open(dir.path(), "test", 1, options).unwrap();
+    s.recover().unwrap();
+    s.append(None, Some(LogIndex(1)), &[entry(1, 1)]).unwrap();
+    s.flush().unwrap();
+    s.sync_written();
+    // Written, not synced, and the segment is full: the next flush moves to a new one.
+    s.append(None, Some(LogIndex(2)), &[entry(1, 2)]).unwrap();
+    s.flush().unwrap();
+    assert!(s.has_unsynced_writes());
+    let syncs = s.log_syncs();
+    s.append(None, Some(LogIndex(3)), &[entry(1, 3)]).unwrap();
+    s.flush().unwrap();
+    assert_eq!(s.log_syncs(), syncs + 1, "the old segment's writes were synced before moving on");
+    assert!(s.sync_written());
+    assert_eq!(s.synced(), 3);
+}
