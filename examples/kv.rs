@@ -15,6 +15,13 @@
 //! cargo run --example kv -- --id 4 --listen 127.0.0.1:7004 --join
 //! ```
 //!
+//! Durable nodes survive `kill -9`: give each its own `--data-dir` and restart it with the
+//! same arguments; it comes back with its log and vote and rejoins under the same id:
+//!
+//! ```text
+//! cargo run --example kv -- --id 1 --listen 127.0.0.1:7001 --peer 2=127.0.0.1:7002 --peer 3=127.0.0.1:7003 --data-dir /var/lib/kv1
+//! ```
+//!
 //! Or everything at once: `cargo run --example kv -- --cluster` starts three child processes
 //! on free ports, makes node 1 the leader, and forwards your commands to node 1. Children
 //! exit with the parent (they quit when their stdin, a pipe from the parent, closes).
@@ -83,7 +90,7 @@ impl StateMachine for Kv {
 
 const USAGE: &str = "\
 usage:
-  kv --id ID --listen ADDR [--peer ID=ADDR]... [--join] [--elect]
+  kv --id ID --listen ADDR [--peer ID=ADDR]... [--join] [--elect] [--data-dir DIR]
   kv --cluster
 
   --id ID          this node's id (not 0)
@@ -91,6 +98,8 @@ usage:
   --peer ID=ADDR   an initial voting member (repeat for each; the same set on every node)
   --join           start with no configuration and wait to be added (`add ID ADDR` on the leader)
   --elect          campaign at start until this node leads (used by --cluster for node 1)
+  --data-dir DIR   durable mode: keep the log and vote in DIR (created if missing), so the
+                   node survives kill -9; restart it with the same id, address and DIR
   --cluster        start three nodes as child processes and forward stdin to node 1
 
 environment:
@@ -103,6 +112,7 @@ commands:
   get KEY              linearizable read on the leader (ReadIndex)
   get-log KEY          read through the log (a Get command)
   get-local KEY        this node's copy, possibly stale (any node)
+  dump-local           this node's whole map on one line, possibly stale (any node)
   del KEY              delete
   cas KEY OLD NEW      compare-and-swap; `-` means absent (OLD) or delete (NEW)
   status               this node's view: role, term, leader, indexes, members
@@ -120,6 +130,7 @@ struct Options {
     peers: Vec<(NodeId, SocketAddr)>,
     join: bool,
     elect: bool,
+    data_dir: Option<std::path::PathBuf>,
 }
 
 enum Mode {
@@ -131,6 +142,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
     let mut args = args.into_iter();
     let (mut id, mut listen, mut peers, mut join, mut elect, mut cluster) =
         (None, None, Vec::new(), false, false, false);
+    let mut data_dir = None;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
@@ -143,20 +155,21 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
             }
             "--join" => join = true,
             "--elect" => elect = true,
+            "--data-dir" => data_dir = Some(value("--data-dir")?.into()),
             "--cluster" => cluster = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     if cluster {
-        return match (id, listen, peers.is_empty(), join, elect) {
-            (None, None, true, false, false) => Ok(Mode::Cluster),
+        return match (id, listen, peers.is_empty(), join, elect, &data_dir) {
+            (None, None, true, false, false, None) => Ok(Mode::Cluster),
             _ => Err("--cluster takes no other options".into()),
         };
     }
     let id = id.ok_or("--id is required")?;
     let listen = listen.ok_or("--listen is required")?;
-    Ok(Mode::Node(Options { id, listen, peers, join, elect }))
+    Ok(Mode::Node(Options { id, listen, peers, join, elect, data_dir }))
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -189,6 +202,9 @@ fn run_node(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::new(options.id, options.listen).members(options.peers.iter().copied());
     if options.join {
         config = config.join();
+    }
+    if let Some(dir) = &options.data_dir {
+        config = config.data_dir(dir);
     }
     // Children of --cluster inherit it, so the whole cluster shares one secret.
     if let Ok(secret) = std::env::var("QUORATE_SECRET") {
@@ -279,6 +295,13 @@ fn execute(client: &Client<Kv>, words: &[&str]) -> Flow {
                 Err(e) => show_error(&e),
             }
         }
+        ["dump-local"] => match client.read_local(|kv: &Kv| kv.map.clone()) {
+            Ok(map) => {
+                let pairs: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("dump {} {}", map.len(), pairs.join(" "));
+            }
+            Err(e) => show_error(&e),
+        },
         ["del", key] => show_write(client.write(KvCommand::Delete(key.to_string()))),
         ["cas", key, expected, new] => show_write(client.write(KvCommand::CompareAndSwap {
             key: key.to_string(),

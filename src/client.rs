@@ -88,7 +88,7 @@ impl<M: StateMachine> Client<M> {
         }
         let (reply, answer) = reply_slot();
         self.enqueue(Request::Write { command, reply })?;
-        Ok(PendingWrite { answer, deadline })
+        Ok(PendingWrite { answer, deadline, shared: self.shared.clone() })
     }
 
     /// Runs `f` on the leader's state machine after confirming leadership with a majority
@@ -121,7 +121,7 @@ impl<M: StateMachine> Client<M> {
         let (reply, answer) = reply_slot();
         let read = Box::new(move |machine: Result<&M>| reply.send(machine.map(f)));
         self.enqueue(make(read))?;
-        answer.wait(self.timeout)
+        explain_stop(&self.shared, answer.wait(self.timeout))
     }
 
     /// Waits until this node knows a leader and returns its id. On a `join()` node not yet
@@ -129,7 +129,7 @@ impl<M: StateMachine> Client<M> {
     pub fn await_leader(&self, timeout: Duration) -> Result<NodeId> {
         let (reply, answer) = reply_slot();
         self.enqueue(Request::AwaitLeader { timeout, reply })?;
-        answer.wait(timeout)
+        explain_stop(&self.shared, answer.wait(timeout))
     }
 
     /// The leader this node knows of right now, if any.
@@ -169,12 +169,12 @@ impl<M: StateMachine> Client<M> {
     fn call<T>(&self, make: impl FnOnce(Reply<T>) -> LocalRequest<M>) -> Result<T> {
         let (reply, answer) = reply_slot();
         self.enqueue(make(reply))?;
-        answer.wait(self.timeout)
+        explain_stop(&self.shared, answer.wait(self.timeout))
     }
 
     fn enqueue(&self, request: LocalRequest<M>) -> Result<()> {
         if self.shared.exited.load(Ordering::SeqCst) {
-            return Err(Error::Stopped);
+            return explain_stop(&self.shared, Err(Error::Stopped));
         }
         match self.tx.try_send(request) {
             Ok(()) => {}
@@ -205,12 +205,22 @@ impl<M: StateMachine> Client<M> {
 pub struct PendingWrite<R> {
     answer: Answer<R>,
     deadline: Instant,
+    shared: Arc<Shared>,
 }
 
 impl<R> PendingWrite<R> {
     /// Waits for the answer until the deadline set at submission. A `Timeout` is
     /// indeterminate: the write may still be applied.
     pub fn wait(self) -> Result<R> {
-        self.answer.wait(self.deadline.saturating_duration_since(Instant::now()))
+        explain_stop(&self.shared, self.answer.wait(self.deadline.saturating_duration_since(Instant::now())))
+    }
+}
+
+/// A `Stopped` answer from a node that stopped because its storage failed becomes
+/// [`Error::StorageFailed`], so the caller learns why (both mean nothing was proposed).
+fn explain_stop<T>(shared: &Shared, result: Result<T>) -> Result<T> {
+    match (result, shared.storage_failure.get()) {
+        (Err(Error::Stopped), Some(why)) => Err(Error::StorageFailed(why.clone())),
+        (result, _) => result,
     }
 }

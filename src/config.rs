@@ -2,11 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::{CoreConfig, Membership, NodeId};
 use crate::error::Error;
 use crate::replica::ReplicaConfig;
+use crate::storage::StorageFaults;
 
 /// Most entries applied per loop turn.
 const APPLY_ENTRIES_MAX: u64 = 1024;
@@ -44,6 +47,8 @@ pub struct Config {
     pub(crate) max_append_entries: usize,
     pub(crate) max_inflight: usize,
     pub(crate) client_queue: usize,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) storage_faults: Option<Arc<StorageFaults>>,
     duplicate_peer: Option<NodeId>,
 }
 
@@ -71,6 +76,8 @@ impl Config {
             max_append_entries: core.max_append_entries,
             max_inflight: core.max_inflight,
             client_queue: 65_536,
+            data_dir: None,
+            storage_faults: None,
             duplicate_peer: None,
         }
     }
@@ -177,6 +184,21 @@ impl Config {
     /// Capacity of the client request queue; when full, calls fail with [`Error::Busy`].
     pub fn client_queue(mut self, requests: usize) -> Config {
         self.client_queue = requests;
+        self
+    }
+
+    /// Durable mode: keep the log and the hard state (term, vote) in `dir` (created if
+    /// missing), synced before anything that depends on them is sent, so the node can be
+    /// killed and restarted on the same directory under the same id. Without it the node
+    /// keeps everything in memory (the default). See [`crate::storage::FileStorage`].
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Config {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// For tests: failures to inject into the data dir's writes and syncs.
+    pub fn storage_faults(mut self, faults: Arc<StorageFaults>) -> Config {
+        self.storage_faults = Some(faults);
         self
     }
 

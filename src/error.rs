@@ -65,6 +65,13 @@ pub enum Error {
     Io(std::io::Error),
     /// A command or response could not be encoded or decoded.
     Codec(String),
+    /// The node's storage failed to write or sync (a full disk, an I/O error), so the node
+    /// stopped rather than acknowledge what it could not persist. Nothing was proposed by
+    /// the call that got this; writes proposed before the failure got `LeadershipLost`.
+    StorageFailed(String),
+    /// The data directory cannot be used: locked by another node, another node's or
+    /// cluster's, or corrupt before its tail (the message names the file and offset).
+    DataDir(String),
 }
 
 impl Error {
@@ -96,6 +103,8 @@ impl fmt::Display for Error {
             Error::Config(why) => write!(f, "invalid configuration: {why}"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
             Error::Codec(why) => write!(f, "encoding error: {why}"),
+            Error::StorageFailed(why) => write!(f, "the node stopped because its storage failed: {why}"),
+            Error::DataDir(why) => write!(f, "cannot use the data dir: {why}"),
         }
     }
 }
@@ -126,9 +135,14 @@ mod tests {
     fn only_timeouts_and_lost_leadership_are_indeterminate() {
         assert!(Error::Timeout.is_indeterminate());
         assert!(Error::LeadershipLost.is_indeterminate());
-        for e in
-            [Error::Redirect { leader: None }, Error::Stopped, Error::Busy, Error::TransferInProgress, Error::NotAVoter]
-        {
+        for e in [
+            Error::Redirect { leader: None },
+            Error::Stopped,
+            Error::Busy,
+            Error::TransferInProgress,
+            Error::NotAVoter,
+            Error::StorageFailed("disk full".into()),
+        ] {
             assert!(!e.is_indeterminate(), "{e}");
         }
     }

@@ -1,8 +1,8 @@
 //! The node handle: starts the node's thread and stops it.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use mio::{Poll, Waker};
@@ -47,6 +47,7 @@ impl<M: StateMachine> Node<M> {
             waker,
             sleeping: AtomicBool::new(false),
             exited: AtomicBool::new(false),
+            storage_failure: OnceLock::new(),
         });
         let (tx, rx) = crossbeam_channel::bounded(config.client_queue);
         let client = Client::new(tx, rx.clone(), shared.clone(), config.request_timeout, config.max_append_bytes);

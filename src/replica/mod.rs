@@ -75,6 +75,8 @@ pub struct Replica<M: StateMachine, S: Storage, C: Channel> {
     cfg: ReplicaConfig,
     /// Why the replica stopped serving (a panicking or undecodable apply, a failed write).
     poisoned: Option<String>,
+    /// Whether the poison is a storage failure (the node must not ack what it lost).
+    storage_failed: bool,
     members_changed: bool,
 }
 
@@ -95,6 +97,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             now: 0,
             cfg,
             poisoned: None,
+            storage_failed: false,
             members_changed: true,
         })
     }
@@ -196,6 +199,11 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         self.poisoned.as_deref()
     }
 
+    /// Why the replica stopped, if storage failed to write or sync.
+    pub fn storage_failure(&self) -> Option<&str> {
+        self.poisoned.as_deref().filter(|_| self.storage_failed)
+    }
+
     // ----- accessors -----
 
     /// The Raft core.
@@ -285,6 +293,14 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
     fn peer_info(&self, id: NodeId) -> Peer {
         let addr = self.core.membership().address(id).and_then(|a| a.parse().ok());
         Peer { id, addr }
+    }
+
+    /// Stops the replica because storage failed (see [`Replica::storage_failure`]).
+    fn poison_storage(&mut self, why: String) {
+        if self.poisoned.is_none() {
+            self.storage_failed = true;
+        }
+        self.poison(why);
     }
 
     fn poison(&mut self, why: String) {

@@ -33,7 +33,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
                 continue;
             }
             if let Err(e) = self.storage.flush() {
-                self.poison(format!("cannot sync storage: {e}"));
+                self.poison_storage(format!("cannot sync storage: {e}"));
             }
             if !self.release_synced() {
                 return;
@@ -85,7 +85,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         };
         if let Err(e) = self.storage.append(hard_state, from, entries) {
             // Nothing that rests on this batch may leave: drop its messages and stop.
-            self.poison(format!("cannot write to storage: {e}"));
+            self.poison_storage(format!("cannot write to storage: {e}"));
             return;
         }
         self.appended += 1;

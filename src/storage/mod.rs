@@ -6,10 +6,17 @@
 //! many of them are durable. It may make them durable later, on another thread, with one
 //! sync for many batches (group commit): the replica holds back the messages that depend on
 //! a batch until [`Storage::synced`] covers it, and only then tells the core.
+//!
+//! Two implementations: [`MemoryStorage`] (the default: nothing survives the process) and
+//! [`FileStorage`] (`Config::data_dir`: a checksummed, segmented log on disk).
 
+pub mod file;
 mod memory;
+mod node_storage;
 
+pub use file::{FileOptions, FileStorage, StorageFaults};
 pub use memory::MemoryStorage;
+pub(crate) use node_storage::NodeStorage;
 
 use std::io;
 

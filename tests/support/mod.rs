@@ -5,6 +5,7 @@ pub mod attacker;
 pub mod checker;
 pub mod clients;
 pub mod cluster;
+pub mod durable;
 pub mod hostile;
 pub mod proxy;
 pub mod sim;

@@ -1,0 +1,412 @@
+//! Durable storage in a directory (`Config::data_dir`): a segmented, append-only log of
+//! checksummed records, group-committed with one `fdatasync` per turn of the node.
+//!
+//! The directory holds `LOCK` (held exclusively while a node runs on it), `IDENTITY` (the
+//! cluster id, node id and incarnation, written atomically) and the segments `<seq>.log`.
+//! Each batch becomes records appended to the last segment (as etcd's WAL does): the first
+//! carries the batch's hard state and its `from`, so truncation on conflict is a record
+//! too and nothing is ever rewritten in place; recovery replays them in order. Each
+//! segment starts with a record of the hard state so far, so a segment never depends on
+//! an older one for it (compaction will drop old segments).
+//!
+//! Failure rules: after any failed write or sync the storage refuses everything (it never
+//! retries a sync and trusts it: after a failed `fsync` the kernel may have dropped the
+//! dirty pages and a later `fsync` succeeds without them — PostgreSQL's "fsyncgate",
+//! 2018). What is on disk stays readable: at worst a torn tail, which recovery drops.
+
+mod crc;
+mod dir;
+mod record;
+mod segment;
+mod sync;
+
+pub use sync::{StorageFaults, sync_count};
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{Recovered, Storage};
+use crate::core::{Entry, HardState, Log, LogIndex, NodeId, Term};
+use dir::Identity;
+use record::Record;
+
+/// Default size at which the log moves on to a new segment.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+
+/// Settings of a [`FileStorage`] beyond its identity.
+#[derive(Clone, Debug)]
+pub struct FileOptions {
+    /// A segment that has reached this size is closed and a new one started.
+    pub segment_bytes: u64,
+    /// Injected failures, for tests.
+    pub faults: Option<Arc<StorageFaults>>,
+    /// `flush` only writes; [`FileStorage::sync_written`] syncs. The node loop sets it so
+    /// a leader's AppendEntries leave before its own `fdatasync` instead of after it
+    /// (dissertation §10.2.1): the leader's and the followers' syncs overlap.
+    pub sync_after_send: bool,
+}
+
+impl Default for FileOptions {
+    fn default() -> FileOptions {
+        FileOptions { segment_bytes: SEGMENT_BYTES_DEFAULT, faults: None, sync_after_send: false }
+    }
+}
+
+/// The segment being appended to.
+struct Active {
+    seq: u64,
+    file: File,
+    /// Bytes in the file. Invariant: every byte up to here is durable after each flush.
+    len: u64,
+}
+
+/// A [`Storage`] in a directory; see the module docs for the format and the rules.
+pub struct FileStorage {
+    dir: PathBuf,
+    /// Held for the storage's lifetime: a second node on the directory is refused.
+    _lock: File,
+    identity: Identity,
+    /// What `open` found; handed over once by `recover`.
+    recovered: Option<Recovered>,
+    /// `None` until the first flush of a new directory (or after a torn segment header).
+    active: Option<Active>,
+    next_seq: u64,
+    options: FileOptions,
+    /// Records handed over since the last flush; the next flush writes and syncs them.
+    pending: Vec<u8>,
+    /// The hard state as of the last record handed over.
+    hard_state: HardState,
+    /// The hard state as of the last record on disk (what a new segment starts with).
+    flushed_hard_state: HardState,
+    appended: u64,
+    /// Batches written to the file (not necessarily synced). Invariant: `synced <= written
+    /// <= appended`.
+    written: u64,
+    /// A segment was created since the last sync: the directory needs a sync too.
+    dir_unsynced: bool,
+    /// `fdatasync`s of log segments this storage made.
+    log_syncs: u64,
+    /// Invariant: `synced <= appended`, and `synced == appended` right after a good flush.
+    synced: u64,
+    /// Why the storage refuses everything, after a failed write or sync.
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for FileStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStorage")
+            .field("dir", &self.dir)
+            .field("identity", &self.identity)
+            .field("appended", &self.appended)
+            .field("synced", &self.synced)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileStorage {
+    /// Opens (creating if missing) the data directory of node `node_id` of `cluster_id`:
+    /// takes its lock, checks its identity and reads the log.
+    ///
+    /// Errors, each naming the path: the directory is locked by another node; it belongs to
+    /// another node id or cluster id; it has log segments but no identity; a record before
+    /// the tail is corrupt (with the file and offset). A torn tail (a crash mid-write) is
+    /// not an error: it is truncated and logged at `warn`.
+    pub fn open(dir: &Path, cluster_id: &str, node_id: NodeId, options: FileOptions) -> io::Result<FileStorage> {
+        let context = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(|e| context("cannot create data dir", e))?;
+        let lock = dir::lock(dir)?;
+        let segments = segment::list(dir).map_err(|e| context("cannot list data dir", e))?;
+        let identity = match dir::read_identity(dir)? {
+            Some(found) if found.cluster_id != cluster_id || found.node_id != node_id => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "data dir {} belongs to node {} of cluster {:?}, not node {node_id} of cluster {cluster_id:?}",
+                        dir.display(),
+                        found.node_id,
+                        found.cluster_id
+                    ),
+                ));
+            }
+            Some(found) => found,
+            None if !segments.is_empty() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("data dir {} has log segments but no IDENTITY file", dir.display()),
+                ));
+            }
+            None => {
+                let fresh = Identity { cluster_id: cluster_id.into(), node_id, incarnation: dir::random_u64() };
+                dir::write_identity(dir, &fresh).map_err(|e| context("cannot write the identity of", e))?;
+                fresh
+            }
+        };
+        let mut storage = FileStorage {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            identity,
+            recovered: None,
+            active: None,
+            next_seq: 1,
+            options,
+            pending: Vec::new(),
+            hard_state: HardState::default(),
+            flushed_hard_state: HardState::default(),
+            appended: 0,
+            written: 0,
+            dir_unsynced: false,
+            log_syncs: 0,
+            synced: 0,
+            failed: None,
+        };
+        storage.load(&segments)?;
+        Ok(storage)
+    }
+
+    /// Reads every segment, replays its records, and opens the last one for appending.
+    fn load(&mut self, segments: &[(u64, PathBuf)]) -> io::Result<()> {
+        let mut replay = Replay::default();
+        for (k, (seq, path)) in segments.iter().enumerate() {
+            let is_last = k + 1 == segments.len();
+            let bytes = std::fs::read(path)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
+            let scanned = segment::scan(path, &bytes, is_last)?;
+            for (offset, record) in scanned.records {
+                replay.apply(record).map_err(|why| segment::corrupt(path, offset, &why))?;
+            }
+            self.next_seq = seq + 1;
+            if !is_last {
+                continue;
+            }
+            if let Some(why) = &scanned.torn {
+                log::warn!("node {}: {why}", self.identity.node_id);
+            }
+            self.reopen_last(*seq, path, scanned.valid_len, scanned.torn.is_some())?;
+        }
+        self.hard_state = replay.hard_state;
+        self.flushed_hard_state = replay.hard_state;
+        let log = Log::new(LogIndex(0), Term(0), replay.entries);
+        self.recovered = Some(Recovered { hard_state: replay.hard_state, log });
+        Ok(())
+    }
+
+    /// Makes the last segment the active one, cutting a torn tail off first.
+    fn reopen_last(&mut self, seq: u64, path: &Path, valid_len: u64, torn: bool) -> io::Result<()> {
+        let context = |e: io::Error| io::Error::new(e.kind(), format!("cannot repair {}: {e}", path.display()));
+        if valid_len < segment::MAGIC.len() as u64 {
+            // Not even a header: start this segment afresh at the next flush.
+            std::fs::remove_file(path).map_err(context)?;
+            sync::sync_dir(&self.dir).map_err(context)?;
+            self.next_seq = seq;
+            return Ok(());
+        }
+        let file = OpenOptions::new().write(true).open(path).map_err(context)?;
+        if torn {
+            file.set_len(valid_len).map_err(context)?;
+            sync::sync_data(&file, None).map_err(context)?;
+        }
+        let mut active = Active { seq, file, len: valid_len };
+        io::Seek::seek(&mut active.file, io::SeekFrom::Start(valid_len)).map_err(context)?;
+        self.active = Some(active);
+        Ok(())
+    }
+
+    /// The incarnation recorded in the directory: the same on every restart on it.
+    pub fn incarnation(&self) -> u64 {
+        self.identity.incarnation
+    }
+
+    /// How many `fdatasync`s of the log this storage made (one per flush that had
+    /// something to write, however many batches it covered).
+    pub fn log_syncs(&self) -> u64 {
+        self.log_syncs
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes the pending records, starting a new segment first if the active one is full.
+    fn write_pending(&mut self) -> io::Result<()> {
+        if self.active.as_ref().is_none_or(|a| a.len >= self.options.segment_bytes) {
+            if let Some(old) = self.active.as_ref().filter(|_| self.written > self.synced) {
+                // A sync covers only the active file: the old one's last writes first.
+                self.log_syncs += 1;
+                sync::sync_data(&old.file, self.options.faults.as_deref())?;
+            }
+            self.start_segment()?;
+            self.dir_unsynced = true;
+        }
+        let active = self.active.as_mut().expect("a segment is active");
+        if self.options.faults.as_deref().is_some_and(StorageFaults::writes_fail) {
+            let half = &self.pending[..self.pending.len() / 2];
+            active.file.write_all(half)?;
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "injected write failure (disk full)"));
+        }
+        active.file.write_all(&self.pending)?;
+        active.len += self.pending.len() as u64;
+        Ok(())
+    }
+
+    /// One `fdatasync` for everything written since the last one (and a directory sync if
+    /// a segment was created: its entry must be durable too, or a crash loses the file).
+    fn sync_active(&mut self) -> io::Result<()> {
+        let active = self.active.as_ref().expect("written to a segment");
+        self.log_syncs += 1;
+        sync::sync_data(&active.file, self.options.faults.as_deref())?;
+        if std::mem::take(&mut self.dir_unsynced) {
+            sync::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Makes durable what `flush` wrote (with `sync_after_send`; otherwise `flush` already
+    /// did). Returns whether `synced` moved or the storage failed: either way the replica
+    /// has something to act on.
+    pub fn sync_written(&mut self) -> bool {
+        if self.failed.is_some() || self.written == self.synced {
+            return false;
+        }
+        match self.sync_active() {
+            Ok(()) => self.synced = self.written,
+            Err(e) => {
+                self.fail("syncing", e);
+            }
+        }
+        true
+    }
+
+    /// Whether `flush` wrote batches that [`FileStorage::sync_written`] has yet to sync.
+    pub fn has_unsynced_writes(&self) -> bool {
+        self.failed.is_none() && self.written > self.synced
+    }
+
+    /// Records a write or sync failure: from now on everything is refused.
+    fn fail(&mut self, doing: &str, e: io::Error) -> io::Error {
+        let seq = self.active.as_ref().map_or(0, |a| a.seq);
+        let why = format!("{doing} log segment {} in {}: {e}", segment::name(seq), self.dir.display());
+        log::error!("node {}: {why}; refusing all further writes", self.identity.node_id);
+        self.failed = Some(why.clone());
+        io::Error::new(e.kind(), why)
+    }
+
+    /// Creates the next segment with its header and the hard state so far (not yet
+    /// synced: the flush that follows syncs it with the records).
+    fn start_segment(&mut self) -> io::Result<u64> {
+        let seq = self.next_seq;
+        let path = self.dir.join(segment::name(seq));
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut head = segment::MAGIC.to_vec();
+        record::encode(&mut head, Some(self.flushed_hard_state), None, &[])?;
+        file.write_all(&head)?;
+        self.next_seq = seq + 1;
+        self.active = Some(Active { seq, file, len: head.len() as u64 });
+        log::debug!("node {}: started log segment {}", self.identity.node_id, path.display());
+        Ok(seq)
+    }
+
+    fn refuse(&self) -> io::Result<()> {
+        match &self.failed {
+            Some(why) => Err(io::Error::other(format!("storage failed earlier: {why}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Storage for FileStorage {
+    fn recover(&mut self) -> io::Result<Recovered> {
+        Ok(self.recovered.take().expect("recover is called once"))
+    }
+
+    fn append(&mut self, hard_state: Option<HardState>, from: Option<LogIndex>, entries: &[Entry]) -> io::Result<()> {
+        self.refuse()?;
+        debug_assert!(from.is_some() || entries.is_empty(), "entries come with their first index");
+        debug_assert!(entries.first().is_none_or(|e| Some(e.index) == from), "entries start at `from`");
+        let start = self.pending.len();
+        let mut first = true;
+        let result = record::chunks(entries).try_for_each(|chunk| {
+            let (hs, f) = if std::mem::take(&mut first) { (hard_state, from) } else { (None, None) };
+            record::encode(&mut self.pending, hs, f, chunk)
+        });
+        let result = result.and_then(|()| match first {
+            true => record::encode(&mut self.pending, hard_state, from, &[]),
+            false => Ok(()),
+        });
+        if let Err(e) = result {
+            self.pending.truncate(start);
+            return Err(e);
+        }
+        if let Some(hs) = hard_state {
+            self.hard_state = hs;
+        }
+        self.appended += 1;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.refuse()?;
+        if self.pending.is_empty() {
+            debug_assert_eq!(self.written, self.appended);
+            return Ok(());
+        }
+        if let Err(e) = self.write_pending() {
+            return Err(self.fail("writing", e));
+        }
+        self.pending.clear();
+        self.flushed_hard_state = self.hard_state;
+        self.written = self.appended;
+        if !self.options.sync_after_send {
+            self.sync_active().map_err(|e| self.fail("syncing", e))?;
+            self.synced = self.written;
+        }
+        Ok(())
+    }
+
+    fn synced(&self) -> u64 {
+        self.synced
+    }
+}
+
+/// The log and hard state being rebuilt from records.
+#[derive(Default)]
+struct Replay {
+    hard_state: HardState,
+    entries: Vec<Entry>,
+}
+
+impl Replay {
+    /// Applies one record, or says why it cannot follow the ones before it.
+    fn apply(&mut self, record: Record) -> Result<(), String> {
+        if let Some(hs) = record.hard_state {
+            if hs.current_term < self.hard_state.current_term {
+                return Err(format!("term goes back from {} to {}", self.hard_state.current_term, hs.current_term));
+            }
+            self.hard_state = hs;
+        }
+        if let Some(from) = record.from {
+            let last = self.entries.len() as u64;
+            if from.0 == 0 || from.0 > last + 1 {
+                return Err(format!("entries from index {} but the log ends at {last}", from.0));
+            }
+            self.entries.truncate(from.0 as usize - 1);
+        }
+        for entry in record.entries {
+            let expected = self.entries.len() as u64 + 1;
+            if entry.index.0 != expected {
+                return Err(format!("entry {} where {expected} was expected", entry.index.0));
+            }
+            if self.entries.last().is_some_and(|prev| prev.term > entry.term) {
+                return Err(format!("entry {} has a lower term than its predecessor", entry.index.0));
+            }
+            self.entries.push(entry);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
