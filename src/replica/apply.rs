@@ -29,7 +29,9 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             self.apply_one(self.applied.next());
             count += 1;
         }
-        self.pending.serve_reads(self.applied, &self.machine);
+        if self.poisoned.is_none() {
+            self.pending.serve_reads(self.applied, &self.machine);
+        }
         self.applied < commit && self.poisoned.is_none()
     }
 
@@ -50,6 +52,12 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             }
             None => None,
         };
+        if self.poisoned.is_some() {
+            // The state is half-applied or misses this command: it is no committed state,
+            // so `applied` stays before it and nothing is served from it. Its writer hears
+            // `LeadershipLost` when the node stops (another node may still apply it).
+            return;
+        }
         self.applied = index;
         if let Some((proposed_term, reply)) = self.pending.writes.remove(&index) {
             let result = match response {

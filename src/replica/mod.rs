@@ -123,6 +123,11 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         }
         let deadline = self.deadline_after(self.cfg.request_timeout);
         match request {
+            // One AppendEntries must be able to carry it, or replication would stall on it.
+            Request::Write { command, reply } if command.len() > self.cfg.core.max_append_bytes => {
+                let max = self.cfg.core.max_append_bytes;
+                reply.send(Err(Error::TooLarge { bytes: command.len(), max }))
+            }
             Request::Write { command, reply } => match self.core.propose(command) {
                 Ok(index) => {
                     self.pending.writes.insert(index, (self.core.current_term(), reply.proposed()));

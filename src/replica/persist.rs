@@ -78,8 +78,10 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         let log = self.core.log();
         let entries = match from {
             Some(from) => {
-                let first = (from.0 - log.snapshot_index().0 - 1) as usize;
-                &log.entries()[first..]
+                // `from` comes from the core, which only changes entries after its snapshot.
+                let first = from.0.checked_sub(log.snapshot_index().0 + 1).and_then(|k| usize::try_from(k).ok());
+                let first = first.filter(|&k| k <= log.entries().len());
+                &log.entries()[first.expect("the log changed after its snapshot point and within it")..]
             }
             None => &[],
         };

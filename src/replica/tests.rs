@@ -117,3 +117,72 @@ fn a_failed_write_stops_the_replica_and_sends_nothing() {
     r.advance();
     assert_eq!(r.drain_outbox().count(), 0);
 }
+
+/// Counts its commands; panics on `true` after counting it (a half-applied command).
+#[derive(Default)]
+struct Fragile {
+    count: u64,
+}
+impl StateMachine for Fragile {
+    type Command = bool;
+    type Response = u64;
+    fn apply(&mut self, fail: bool) -> u64 {
+        self.count += 1;
+        assert!(!fail, "fragile machine");
+        self.count
+    }
+}
+
+fn lone_voter() -> Replica<Fragile, crate::storage::MemoryStorage, Local> {
+    let mut core = CoreConfig::new(1);
+    core.max_append_bytes = 64;
+    let cfg = ReplicaConfig {
+        core,
+        initial: Membership::with_voters([(1, "n1".to_string())]),
+        tick: Duration::from_millis(10),
+        request_timeout: Duration::from_secs(1),
+        apply_entries_max: 1,
+        apply_time_max: None,
+    };
+    let mut r = Replica::new(cfg, crate::storage::MemoryStorage::default(), Fragile::default()).unwrap();
+    r.on_request(Request::TriggerElection { reply: crate::runtime::request::reply_slot().0 });
+    r.advance();
+    assert_eq!(r.core().role(), Role::Leader);
+    r
+}
+
+fn write(r: &mut Replica<Fragile, crate::storage::MemoryStorage, Local>, fail: bool) {
+    let (reply, _answer) = crate::runtime::request::reply_slot();
+    r.on_request(Request::Write { command: rmp_serde::to_vec(&fail).unwrap(), reply });
+}
+
+/// A command whose apply panicked leaves the state half-applied: no read may see it, and
+/// `applied` stays before it (found by review: reads were served from it).
+#[test]
+fn a_poisoned_replica_serves_no_read_from_a_failed_apply() {
+    let mut r = lone_voter();
+    write(&mut r, false);
+    write(&mut r, true);
+    assert!(r.advance(), "commits both, applies one (the budget is one entry)");
+    // Confirmed at once (a lone voter) at index 3, the failing command.
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(None));
+    let slot = seen.clone();
+    let read: ReadFn<Fragile> = Box::new(move |m| *slot.lock() = Some(m.map(|m| m.count).ok()));
+    r.on_request(Request::Read { read });
+    r.advance();
+    assert!(r.poisoned().is_some_and(|why| why.contains("panicked")));
+    assert_eq!(*seen.lock(), None, "a read was served from a half-applied state");
+    assert_eq!(r.applied(), LogIndex(2), "the no-op and the first command only");
+}
+
+/// A command one AppendEntries cannot carry is refused before it is proposed: it would
+/// stall replication for good.
+#[test]
+fn a_command_larger_than_a_batch_is_refused() {
+    let mut r = lone_voter();
+    let (reply, answer) = crate::runtime::request::reply_slot::<u64>();
+    let last = r.core().log().last_index();
+    r.on_request(Request::Write { command: vec![0xc3; 65], reply });
+    assert!(matches!(answer.wait(Duration::ZERO), Err(crate::Error::TooLarge { bytes: 65, max: 64 })));
+    assert_eq!(r.core().log().last_index(), last, "nothing proposed");
+}
