@@ -75,11 +75,22 @@ pub struct Checker {
     /// The most commands any acknowledged write had seen applied: a read issued after that
     /// acknowledgement must see at least as many (linearizability).
     pub acked_floor: u64,
+    /// The most commands a finished read saw: a read issued after it must see as many.
+    pub read_floor: u64,
+    /// Writes issued and not yet answered (each must be answered exactly once).
+    pub writes_outstanding: HashSet<u64>,
+    /// Reads issued and not yet answered.
+    pub reads_outstanding: HashSet<u64>,
+    /// Writes answered `Ok`.
+    acked: HashSet<u64>,
+    /// Reads served.
+    served: HashSet<u64>,
     /// Answers checked.
     pub writes_acked: u64,
     pub writes_refused: u64,
     pub writes_indeterminate: u64,
     pub reads_checked: u64,
+    pub reads_failed: u64,
 }
 
 /// Per-server memory the checker needs between steps.
@@ -201,6 +212,14 @@ impl Checker {
     /// Checks one client answer against what the cluster committed.
     pub fn check_outcome(&mut self, outcome: &Outcome) {
         match outcome {
+            Outcome::Write { cmd, .. } => {
+                assert!(self.writes_outstanding.remove(cmd), "write of {cmd} answered twice, or never issued");
+            }
+            Outcome::Read { id, .. } | Outcome::ReadFailed { id, .. } => {
+                assert!(self.reads_outstanding.remove(id), "read {id} answered twice, or never issued");
+            }
+        }
+        match outcome {
             Outcome::Write { cmd, result: Ok((answered, count, hash)) } => {
                 // An Ok names the entry that produced it: our command, applied exactly
                 // where the committed log has it.
@@ -213,6 +232,7 @@ impl Checker {
                 );
                 assert!(self.is_state(*count, *hash), "write of {cmd}: its response is from no committed state");
                 self.acked_floor = self.acked_floor.max(*count);
+                self.acked.insert(*cmd);
                 self.writes_acked += 1;
             }
             Outcome::Write { cmd, result: Err(Refusal::Certain(why)) } => {
@@ -222,12 +242,40 @@ impl Checker {
                 self.writes_refused += 1;
             }
             Outcome::Write { result: Err(Refusal::Indeterminate(_)), .. } => self.writes_indeterminate += 1,
-            Outcome::Read { node, floor, count, hash } => {
-                assert!(count >= floor, "stale read on node {node}: saw {count} commands, {floor} were acknowledged");
+            Outcome::Read { id, node, floor, count, hash } => {
+                assert!(
+                    count >= floor,
+                    "stale read on node {node}: saw {count} commands, {floor} were acknowledged or read"
+                );
                 assert!(self.is_state(*count, *hash), "read on node {node} saw no committed state");
+                self.read_floor = self.read_floor.max(*count);
+                self.served.insert(*id);
                 self.reads_checked += 1;
             }
+            Outcome::ReadFailed { .. } => self.reads_failed += 1,
         }
+    }
+
+    /// The floor a read issued now must reach: every acknowledged write, and every state a
+    /// finished read has seen (linearizability orders reads after reads too).
+    pub fn read_floor_now(&self) -> u64 {
+        self.acked_floor.max(self.read_floor)
+    }
+
+    /// Whether the write of `cmd` was answered `Ok`.
+    pub fn is_acked(&self, cmd: u64) -> bool {
+        self.acked.contains(&cmd)
+    }
+
+    /// Whether read `id` was served.
+    pub fn is_served(&self, id: u64) -> bool {
+        self.served.contains(&id)
+    }
+
+    /// Panics if any request was never answered.
+    pub fn check_all_answered(&self) {
+        assert!(self.writes_outstanding.is_empty(), "writes never answered: {:?}", self.writes_outstanding);
+        assert!(self.reads_outstanding.is_empty(), "reads never answered: {:?}", self.reads_outstanding);
     }
 
     /// Whether the writer of `cmd` was told, for certain, that it was not applied.

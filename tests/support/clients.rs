@@ -38,9 +38,11 @@ impl StateMachine for SimMachine {
 pub enum Outcome {
     /// The write of command `cmd` was answered.
     Write { cmd: u64, result: Result<WriteResponse, Refusal> },
-    /// A linearizable read, issued when the writes acknowledged so far had reached
-    /// `floor` commands, saw a state of `count` commands with hash `hash`.
-    Read { node: u64, floor: u64, count: u64, hash: u64 },
+    /// Linearizable read `id`, issued when the writes acknowledged and reads finished so
+    /// far had reached `floor` commands, saw a state of `count` commands with hash `hash`.
+    Read { id: u64, node: u64, floor: u64, count: u64, hash: u64 },
+    /// Read `id` was refused or failed.
+    ReadFailed { id: u64, why: String },
 }
 
 /// An error, as the checker classifies it.
@@ -79,6 +81,11 @@ pub struct SimReply<T> {
 impl<T> SimReply<T> {
     pub fn new(deliver: impl FnOnce(quorate::Result<T>) + Send + 'static) -> SimReply<T> {
         SimReply { deliver: Some(Box::new(deliver)), proposed: false }
+    }
+
+    /// Drops the reply without answering (its answer went another way).
+    pub fn disarm(mut self) {
+        self.deliver = None;
     }
 
     /// A reply nobody records.

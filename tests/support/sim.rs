@@ -190,7 +190,11 @@ pub struct Sim {
     pub checker: Checker,
     outcomes: Outcomes,
     next_cmd: u64,
+    next_read: u64,
     pub trace: Trace,
+    /// The highest term and the messages refused at the cores' door, as of the final stop.
+    pub max_term_seen: u64,
+    pub refused_seen: u64,
 }
 
 impl Sim {
@@ -211,6 +215,9 @@ impl Sim {
             checker: Checker::default(),
             outcomes: Outcomes::default(),
             next_cmd: 1,
+            next_read: 1,
+            max_term_seen: 0,
+            refused_seen: 0,
             trace: Trace::default(),
         };
         for id in 1..=n {
@@ -283,8 +290,11 @@ impl Sim {
             let node = &self.nodes[&id];
             let unsynced = node.replica.as_ref().is_some_and(|r| r.storage().has_unsynced());
             if unsynced && self.rng.chance(self.settings.sync_chance) {
+                // Sometimes only the oldest batches: the rest stay volatile a while longer.
+                let waiting = node.replica.as_ref().map_or(0, |r| r.storage().unsynced_len()) as u64;
+                let count = if self.rng.chance(0.5) { waiting } else { self.rng.between(1, waiting) };
                 self.trace.push(self.now, Event::Sync(id));
-                self.with(id, |r| r.storage_mut().sync());
+                self.with(id, |r| r.storage_mut().sync_first(count as usize));
             } else if node.backlog {
                 self.process(id);
             }
@@ -401,6 +411,7 @@ impl Sim {
         self.next_cmd += 1;
         let command = rmp_serde::to_vec(&cmd).expect("a u64 encodes");
         let reply = write_reply(&self.outcomes, cmd);
+        self.checker.writes_outstanding.insert(cmd);
         self.trace.push(self.now, Event::Write(id, cmd));
         self.with(id, |r| r.on_request(Request::Write { command, reply }));
         cmd
@@ -408,17 +419,44 @@ impl Sim {
 
     /// A client issues a linearizable read at server `id`: it must see every write
     /// acknowledged before now.
-    pub fn read(&mut self, id: NodeId) {
-        let floor = self.checker.acked_floor;
+    pub fn read(&mut self, id: NodeId) -> u64 {
+        let floor = self.checker.read_floor_now();
         let outcomes = self.outcomes.clone();
+        let read_id = self.next_read;
+        self.next_read += 1;
+        self.checker.reads_outstanding.insert(read_id);
+        // A read dropped with its crashed server is answered as a local client's would be.
+        let dropped = outcomes.clone();
+        let on_drop = SimReply::<()>::new(move |result| {
+            let why = result.err().map_or_else(String::new, |e| e.to_string());
+            dropped.lock().unwrap().push(Outcome::ReadFailed { id: read_id, why });
+        });
         let read: ReadFn<SimMachine> = Box::new(move |machine| {
-            if let Ok(m) = machine {
-                let outcome = Outcome::Read { node: id, floor, count: m.count, hash: m.hash.0 };
-                outcomes.lock().unwrap().push(outcome);
-            }
+            on_drop.disarm();
+            let outcome = match machine {
+                Ok(m) => Outcome::Read { id: read_id, node: id, floor, count: m.count, hash: m.hash.0 },
+                Err(e) => Outcome::ReadFailed { id: read_id, why: e.to_string() },
+            };
+            outcomes.lock().unwrap().push(outcome);
         });
         self.trace.push(self.now, Event::Read(id));
         self.with(id, |r| r.on_request(Request::Read { read }));
+        read_id
+    }
+
+    /// Stops every server gracefully, which must answer everything still pending; then
+    /// checks that every request ever issued was answered exactly once.
+    pub fn stop_all_and_check_answers(&mut self) {
+        self.max_term_seen =
+            self.nodes.values().filter_map(|n| n.raft()).map(|r| r.current_term().0).max().unwrap_or(0);
+        self.refused_seen = self.nodes.values().filter_map(|n| n.raft()).map(|r| r.refused().total()).sum();
+        for id in self.live_ids() {
+            if let Some(mut replica) = self.nodes.get_mut(&id).and_then(|n| n.replica.take()) {
+                replica.shutdown();
+            }
+        }
+        self.check_outcomes();
+        self.checker.check_all_answered();
     }
 
     /// A membership change, transfer or election request whose answer nobody checks.

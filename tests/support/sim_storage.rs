@@ -56,11 +56,16 @@ impl SimStorage {
 
     /// Makes every batch appended so far durable.
     pub fn sync(&mut self) {
+        self.sync_first(self.unsynced.len());
+    }
+
+    /// Makes the oldest `count` unsynced batches durable (storage syncs in order).
+    pub fn sync_first(&mut self, count: usize) {
         let mut disk = self.disk.borrow_mut();
-        for batch in self.unsynced.drain(..) {
+        for batch in self.unsynced.drain(..count.min(self.unsynced.len())) {
             disk.write(&batch);
+            self.synced += 1;
         }
-        self.synced = self.appended;
     }
 
     pub fn has_unsynced(&self) -> bool {

@@ -20,6 +20,7 @@ pub struct Stats {
     pub writes_refused: u64,
     pub writes_indeterminate: u64,
     pub reads: u64,
+    pub reads_failed: u64,
     pub max_term: u64,
     /// Messages the cores dropped at their door (hostile input, mostly).
     pub refused: u64,
@@ -32,6 +33,7 @@ impl Stats {
         self.writes_refused += s.writes_refused;
         self.writes_indeterminate += s.writes_indeterminate;
         self.reads += s.reads;
+        self.reads_failed += s.reads_failed;
         self.max_term = self.max_term.max(s.max_term);
         self.refused += s.refused;
     }
@@ -68,8 +70,9 @@ pub fn run(seed: u64, sc: Scenario) -> Stats {
         writes_refused: sim.checker.writes_refused,
         writes_indeterminate: sim.checker.writes_indeterminate,
         reads: sim.checker.reads_checked,
-        max_term: sim.nodes.values().filter_map(|n| n.raft()).map(|r| r.current_term().0).max().unwrap_or(0),
-        refused: sim.nodes.values().filter_map(|n| n.raft()).map(|r| r.refused().total()).sum(),
+        reads_failed: sim.checker.reads_failed,
+        max_term: sim.max_term_seen,
+        refused: sim.refused_seen,
     }
 }
 
@@ -101,11 +104,13 @@ fn drive(sim: &mut Sim, sc: Scenario) {
     }
     sim.heal();
     check_liveness(sim);
+    sim.stop_all_and_check_answers();
 }
 
 /// After healing: a leader emerges, commits a fresh entry, and every member applies it.
 fn check_liveness(sim: &mut Sim) {
     let mut marker: Option<((NodeId, Option<u64>), u64)> = None;
+    let mut read: Option<u64> = None;
     // Slow disks and one-entry batches can make catching up take long: what must not
     // happen is a stall, so the deadline moves while members keep applying, up to a cap.
     let mut progress = 0;
@@ -133,19 +138,29 @@ fn check_liveness(sim: &mut Sim) {
         // (Re-)write whenever leadership moved (even back to the same node in a later
         // term) before the marker committed: its entry may have been truncated.
         let term = sim.raft(leader).map(|r| r.current_term().0);
-        // Also when it was refused (a transfer under way, say).
+        // Also when its answer was not `Ok` (a transfer under way, leadership lost).
         let stale = |(by, cmd): ((NodeId, Option<u64>), u64)| {
-            (by != (leader, term) && sim.checker.index_of(cmd).is_none()) || sim.checker.is_refused(cmd)
+            let answered_not_ok = !sim.checker.writes_outstanding.contains(&cmd) && !sim.checker.is_acked(cmd);
+            (by != (leader, term) && sim.checker.index_of(cmd).is_none()) || answered_not_ok
         };
         if marker.is_none_or(stale) {
             marker = Some(((leader, term), sim.write(leader)));
         }
         let Some((_, cmd)) = marker else { return false };
-        let Some(index) = sim.checker.index_of(cmd) else { return false };
+        // Its writer must hear `Ok`, not just see it committed.
+        let Some(index) = sim.checker.index_of(cmd).filter(|_| sim.checker.is_acked(cmd)) else { return false };
         let members: Vec<NodeId> = sim.raft(leader).map(|r| r.membership().members().collect()).unwrap_or_default();
-        members
+        let applied = members
             .iter()
-            .all(|id| sim.nodes.get(id).and_then(|n| n.replica.as_ref()).is_some_and(|r| r.applied() >= index))
+            .all(|id| sim.nodes.get(id).and_then(|n| n.replica.as_ref()).is_some_and(|r| r.applied() >= index));
+        // And a linearizable read at the leader must be served (asked again if refused).
+        match read.filter(|&id| sim.checker.reads_outstanding.contains(&id) || sim.checker.is_served(id)) {
+            Some(id) => applied && sim.checker.is_served(id),
+            None => {
+                read = Some(sim.read(leader));
+                false
+            }
+        }
     });
     if !ok {
         dump(sim);
@@ -251,12 +266,13 @@ pub fn run_seeds(name: &str, seeds: std::ops::Range<u64>, sc: Scenario) -> Stats
         }
     }
     eprintln!(
-        "{name}: {count} seeds, {} entries committed; writes: {} acknowledged, {} refused, {} indeterminate; {} linearizable reads checked; highest term {}",
+        "{name}: {count} seeds, {} entries committed; writes: {} acknowledged, {} refused, {} indeterminate; {} linearizable reads checked, {} refused or failed; every request answered exactly once; highest term {}",
         total.committed,
         total.writes_acked,
         total.writes_refused,
         total.writes_indeterminate,
         total.reads,
+        total.reads_failed,
         total.max_term
     );
     total
