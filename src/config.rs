@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::core::{CoreConfig, Membership, NodeId};
 use crate::error::Error;
-use crate::replica::ReplicaConfig;
+use crate::replica::{Compaction, ReplicaConfig};
 use crate::storage::StorageFaults;
 
 /// Most entries applied per loop turn.
@@ -47,6 +47,7 @@ pub struct Config {
     pub(crate) max_append_entries: usize,
     pub(crate) max_inflight: usize,
     pub(crate) client_queue: usize,
+    pub(crate) compaction: Compaction,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) storage_faults: Option<Arc<StorageFaults>>,
     duplicate_peer: Option<NodeId>,
@@ -76,6 +77,7 @@ impl Config {
             max_append_entries: core.max_append_entries,
             max_inflight: core.max_inflight,
             client_queue: 65_536,
+            compaction: Compaction::default(),
             data_dir: None,
             storage_faults: None,
             duplicate_peer: None,
@@ -187,6 +189,24 @@ impl Config {
         self
     }
 
+    /// Log compaction (§7): take a snapshot once `entries` entries or `bytes` bytes of
+    /// commands were applied since the last one (defaults 100,000 entries, 64 MiB), then
+    /// drop the log before it except the last [`Config::snapshot_keep_entries`]. Only for
+    /// state machines with snapshots (see [`crate::StateMachine::snapshot`]); others keep
+    /// their whole log.
+    pub fn snapshot_threshold(mut self, entries: u64, bytes: u64) -> Config {
+        self.compaction.entries = entries;
+        self.compaction.bytes = bytes;
+        self
+    }
+
+    /// How many entries before a snapshot the log keeps (default 5,000), so a follower a
+    /// little behind catches up from the log instead of needing the whole snapshot.
+    pub fn snapshot_keep_entries(mut self, entries: u64) -> Config {
+        self.compaction.keep_entries = entries;
+        self
+    }
+
     /// Durable mode: keep the log and the hard state (term, vote) in `dir` (created if
     /// missing), synced before anything that depends on them is sent, so the node can be
     /// killed and restarted on the same directory under the same id. Without it the node
@@ -240,6 +260,9 @@ impl Config {
         if self.client_queue == 0 {
             return bad("client_queue must be non-zero".into());
         }
+        if self.compaction.entries == 0 || self.compaction.bytes == 0 {
+            return bad("snapshot thresholds must be non-zero".into());
+        }
         self.core_config().validate().map_err(Error::Config)
     }
 
@@ -252,6 +275,9 @@ impl Config {
             max_append_entries: self.max_append_entries,
             max_append_bytes: self.max_append_bytes,
             max_inflight: self.max_inflight,
+            // A chunk plus its header fits a frame as an AppendEntries batch does.
+            snapshot_chunk_bytes: self.max_append_bytes,
+            max_snapshot_inflight: 4,
             seed: self.id ^ random_seed(),
         }
     }
@@ -266,6 +292,7 @@ impl Config {
             request_timeout: self.request_timeout,
             apply_entries_max: APPLY_ENTRIES_MAX,
             apply_time_max: Some(APPLY_TIME_MAX),
+            compaction: self.compaction,
         }
     }
 

@@ -62,7 +62,7 @@ pub use config::Config;
 pub use core::{NodeId, Role};
 pub use error::{Error, Peer, Result};
 pub use node::Node;
-pub use state_machine::StateMachine;
+pub use state_machine::{Snapshot, StateMachine};
 pub use status::{Member, Status};
 
 #[cfg(test)]

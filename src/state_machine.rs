@@ -1,4 +1,7 @@
-//! The user's replicated state machine.
+//! The user's replicated state machine, and its snapshots.
+
+use std::fmt;
+use std::io::{self, Read, Write};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -11,12 +14,117 @@ use serde::de::DeserializeOwned;
 ///
 /// If `apply` panics, the node stops (clients get [`crate::Error::Stopped`]); it never
 /// goes on serving a half-applied state.
+///
+/// # Snapshots
+///
+/// A machine that can write its state out and read it back lets the node compact its log
+/// (§7 of the Raft paper): once enough entries were applied, the node takes a
+/// [`StateMachine::snapshot`], saves it, and drops the log it covers; a follower too far
+/// behind receives the snapshot and [`StateMachine::restore`]s from it. A machine without
+/// snapshots (the default) keeps working, but its log is never compacted (the node says so
+/// at start). A machine that is `Clone + Serialize + DeserializeOwned` gets both methods
+/// with one line, [`serde_snapshots!`](crate::serde_snapshots):
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Clone, Default, Serialize, Deserialize)]
+/// struct Counter { value: u64 }
+///
+/// impl quorate::StateMachine for Counter {
+///     type Command = u64;
+///     type Response = u64;
+///     fn apply(&mut self, n: u64) -> u64 { self.value += n; self.value }
+///     quorate::serde_snapshots!();
+/// }
+/// ```
 pub trait StateMachine: Send + 'static {
     /// A command clients send; it travels to followers as MessagePack.
     type Command: Serialize + DeserializeOwned + Send + 'static;
     /// What `apply` answers to the client that sent the command.
     type Response: Serialize + DeserializeOwned + Send + 'static;
 
+    /// Whether [`StateMachine::snapshot`] and [`StateMachine::restore`] are implemented.
+    const SNAPSHOTS: bool = false;
+
     /// Applies one committed command and returns the answer for its client.
     fn apply(&mut self, command: Self::Command) -> Self::Response;
+
+    /// Captures the current state for a snapshot. It runs on the node's thread, which sends
+    /// no heartbeat meanwhile, so it should be cheap: a clone of a persistent (structurally
+    /// shared) map, a copy-on-write handle. The [`Snapshot`] it returns writes the bytes
+    /// later, on another thread, while the node goes on. `None` if unsupported.
+    fn snapshot(&self) -> Option<Snapshot> {
+        None
+    }
+
+    /// Replaces the whole state with the one a [`StateMachine::snapshot`] wrote, read
+    /// from `from`. An error stops the node (it has no state it could serve).
+    fn restore(&mut self, from: &mut dyn Read) -> io::Result<()> {
+        let _ = from;
+        Err(io::Error::new(io::ErrorKind::Unsupported, "this state machine does not support snapshots"))
+    }
+}
+
+type WriteFn = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
+
+/// A captured state, not yet written: [`Snapshot::write_to`] streams its bytes to a file
+/// (or, in memory mode, a buffer) on a thread other than the node's.
+pub struct Snapshot {
+    write: WriteFn,
+}
+
+impl Snapshot {
+    /// A snapshot that `write` produces when called (once, on another thread).
+    pub fn new(write: impl FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static) -> Snapshot {
+        Snapshot { write: Box::new(write) }
+    }
+
+    /// A snapshot of `state` as MessagePack, which [`Snapshot::deserialize`] reads back.
+    /// `state` is usually a clone of the machine, taken on the node's thread.
+    pub fn serialize<T: Serialize + Send + 'static>(state: T) -> Snapshot {
+        Snapshot::new(move |w| {
+            let mut w = io::BufWriter::with_capacity(256 << 10, w);
+            rmp_serde::encode::write_named(&mut w, &state).map_err(io::Error::other)?;
+            w.flush()
+        })
+    }
+
+    /// Reads a state that [`Snapshot::serialize`] wrote.
+    pub fn deserialize<T: DeserializeOwned>(from: &mut dyn Read) -> io::Result<T> {
+        let r = io::BufReader::with_capacity(256 << 10, from);
+        rmp_serde::from_read(r).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Writes the snapshot's bytes to `to`.
+    pub fn write_to(self, to: &mut dyn Write) -> io::Result<()> {
+        (self.write)(to)
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Snapshot")
+    }
+}
+
+/// Implements [`StateMachine`]'s snapshots for a machine that is `Clone + Serialize +
+/// DeserializeOwned`: put `quorate::serde_snapshots!();` in the `impl StateMachine` block.
+/// The snapshot is a clone taken on the node's thread and serialized with MessagePack on
+/// another; for a state of many megabytes prefer structurally shared collections (whose
+/// clone is cheap), or implement the two methods by hand.
+#[macro_export]
+macro_rules! serde_snapshots {
+    () => {
+        const SNAPSHOTS: bool = true;
+
+        fn snapshot(&self) -> ::std::option::Option<$crate::Snapshot> {
+            ::std::option::Option::Some($crate::Snapshot::serialize(::std::clone::Clone::clone(self)))
+        }
+
+        fn restore(&mut self, from: &mut dyn ::std::io::Read) -> ::std::io::Result<()> {
+            *self = $crate::Snapshot::deserialize(from)?;
+            ::std::result::Result::Ok(())
+        }
+    };
 }

@@ -19,6 +19,10 @@ pub struct CoreConfig {
     pub max_append_bytes: usize,
     /// Most AppendEntries in flight to one follower while pipelining.
     pub max_inflight: usize,
+    /// Bytes of snapshot per InstallSnapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Most InstallSnapshot chunks in flight to one follower.
+    pub max_snapshot_inflight: usize,
     /// Seed for the election-timeout randomization.
     pub seed: u64,
 }
@@ -34,6 +38,8 @@ impl CoreConfig {
             max_append_entries: 4096,
             max_append_bytes: 1 << 20,
             max_inflight: 32,
+            snapshot_chunk_bytes: 1 << 20,
+            max_snapshot_inflight: 4,
             seed: id,
         }
     }
@@ -49,7 +55,12 @@ impl CoreConfig {
                 self.heartbeat_ticks, self.election_ticks
             ));
         }
-        if self.max_append_entries == 0 || self.max_append_bytes == 0 || self.max_inflight == 0 {
+        if self.max_append_entries == 0
+            || self.max_append_bytes == 0
+            || self.max_inflight == 0
+            || self.snapshot_chunk_bytes == 0
+            || self.max_snapshot_inflight == 0
+        {
             return Err("batch sizes and the in-flight bound must be non-zero".into());
         }
         Ok(())

@@ -4,8 +4,9 @@ use super::types::{Entry, LogIndex, Term};
 
 /// The log of one server.
 ///
-/// Entries before and at `snapshot_index` have been compacted away (nothing compacts yet,
-/// but the indexes are kept so InstallSnapshot can come without a redesign).
+/// Entries before and at `snapshot_index` have been compacted away: they are covered by a
+/// snapshot (whose own index may lie later, when the log keeps a trailing window of entries
+/// for followers a little behind). Only the term at `snapshot_index` is kept.
 /// Invariant: `entries[k].index == snapshot_index + 1 + k`, and terms never decrease.
 #[derive(Clone, Debug, Default)]
 pub struct Log {
@@ -89,6 +90,16 @@ impl Log {
         self.entries.truncate((index.0 - self.snapshot_index.0) as usize);
     }
 
+    /// Drops every entry at and before `index`, which must be in the log (log compaction,
+    /// §7); `index` becomes the snapshot point.
+    pub fn compact_to(&mut self, index: LogIndex) {
+        let term = self.term_at(index).expect("compaction point is in the log");
+        let count = (index.0 - self.snapshot_index.0) as usize;
+        self.entries.drain(..count);
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+    }
+
     /// Whether a log ending at (`last_index`, `last_term`) is at least as up-to-date as this
     /// one (§5.4.1): the later last term wins; with equal terms the longer log wins.
     pub fn is_up_to_date(&self, last_index: LogIndex, last_term: Term) -> bool {
@@ -162,6 +173,19 @@ mod tests {
         assert_eq!(log.slice(LogIndex(1), 100, 2 * entry_bytes + 1).len(), 2);
         assert_eq!(log.slice(LogIndex(1), 100, 1).len(), 1);
         assert!(log.slice(LogIndex(6), 100, 100).is_empty());
+    }
+
+    #[test]
+    fn compaction_keeps_the_suffix_and_the_term_at_its_point() {
+        let mut log = log_of(&[1, 1, 2, 2, 3]);
+        log.compact_to(LogIndex(3));
+        assert_eq!(log.snapshot_index(), LogIndex(3));
+        assert_eq!(log.term_at(LogIndex(3)), Some(Term(2)));
+        assert_eq!(log.term_at(LogIndex(2)), None);
+        assert_eq!(log.entries().len(), 2);
+        assert_eq!(log.slice(LogIndex(4), 10, 1000)[0].index, LogIndex(4));
+        assert_eq!(log.first_index_of_term_at(LogIndex(4)), LogIndex(4));
+        log.check_invariants();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::membership::Membership;
 use super::types::{Entry, LogIndex, NodeId, Term};
 
 /// One message between two servers. Every message carries the sender's term (§5.1):
@@ -57,6 +58,60 @@ pub enum MessageKind {
     /// "Who leads?", from a server that cannot campaign (a learner) and heard from no
     /// leader for an election timeout; answered with a [`MessageKind::LeaderHint`].
     LeaderQuery,
+    /// InstallSnapshot (§7, dissertation ch. 5): one chunk of the leader's snapshot, for
+    /// a follower whose next entry the leader's log no longer holds.
+    InstallSnapshot(InstallSnapshot),
+    /// The answer to one InstallSnapshot chunk.
+    InstallSnapshotResponse(InstallSnapshotResponse),
+}
+
+/// What a snapshot covers: the state after applying every entry through `index`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The last entry the snapshot covers (§7's `lastIncludedIndex`).
+    pub index: LogIndex,
+    /// That entry's term (§7's `lastIncludedTerm`).
+    pub term: Term,
+    /// The configuration in force at `index` (the log that held it is gone).
+    pub membership: Membership,
+}
+
+/// Arguments of InstallSnapshot: bytes `offset..offset + data.len()` of a snapshot of
+/// `size` bytes. Chunks are accepted only in order; the one that reaches `size` is the last.
+///
+/// The core does not read snapshots: the leader's core emits chunks with `data` empty and
+/// its driver fills in [`InstallSnapshot::chunk_len`] bytes before sending.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshot {
+    /// Which snapshot.
+    pub meta: SnapshotMeta,
+    /// Its length in bytes.
+    pub size: u64,
+    /// Where this chunk starts.
+    pub offset: u64,
+    /// The chunk.
+    #[serde(with = "super::types::as_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl InstallSnapshot {
+    /// How many bytes a chunk at `offset` carries when chunks are `chunk_bytes` long.
+    pub fn chunk_len(&self, chunk_bytes: usize) -> usize {
+        (chunk_bytes as u64).min(self.size.saturating_sub(self.offset)) as usize
+    }
+}
+
+/// The answer to an InstallSnapshot chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshotResponse {
+    /// The snapshot's index (to tell transfers apart).
+    pub index: LogIndex,
+    /// Whether the chunk was taken. If not, `next_offset` says where to resume.
+    pub success: bool,
+    /// The offset the follower expects next.
+    pub next_offset: u64,
+    /// The follower holds the snapshot (installed, or its log already covers it).
+    pub done: bool,
 }
 
 /// Arguments of RequestVote.
@@ -137,6 +192,19 @@ impl Message {
                 Ok(())
             }
             MessageKind::RequestVote(rv) if rv.last_log_term > self.term => Err("last_log_term above the term"),
+            MessageKind::InstallSnapshot(is) => {
+                if is.meta.term > self.term || is.meta.index.0 == 0 || is.meta.index.0 == u64::MAX {
+                    return Err("snapshot point above the message term, or absurd");
+                }
+                if is.offset.checked_add(is.data.len() as u64).is_none_or(|end| end > is.size) {
+                    return Err("snapshot chunk beyond the snapshot's size");
+                }
+                let m = &is.meta.membership;
+                if m.voters.is_empty() || m.voters.keys().any(|id| m.learners.contains_key(id)) {
+                    return Err("snapshot configuration without voters, or with a voter that is also a learner");
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }

@@ -19,6 +19,7 @@ mod reads;
 mod reconfig;
 mod replication;
 mod rng;
+mod snapshot;
 mod types;
 
 #[cfg(test)]
@@ -28,9 +29,13 @@ pub use config::CoreConfig;
 pub use guard::{Refused, TERM_JUMP_MAX, TERM_MAX};
 pub use log::Log;
 pub use membership::{Membership, MembershipChange, MembershipError};
-pub use message::{AppendEntries, AppendEntriesResponse, Envelope, Message, MessageKind, RequestVote};
-pub use progress::{Progress, ReplicationState};
+pub use message::{
+    AppendEntries, AppendEntriesResponse, Envelope, InstallSnapshot, InstallSnapshotResponse, Message, MessageKind,
+    RequestVote, SnapshotMeta,
+};
+pub use progress::{Progress, ReplicationState, SnapshotSend};
 pub use rng::SplitMix64;
+pub use snapshot::{InstallSnapshotOrder, SnapshotChunk, SnapshotInfo};
 pub use types::{Entry, HardState, LogIndex, NodeId, Payload, Role, Term};
 
 use std::collections::{BTreeMap, VecDeque};
@@ -106,6 +111,11 @@ pub struct Ready {
     pub dropped_reads: Vec<u64>,
     /// Role, leader or membership changed since the last `Ready`.
     pub soft_state_changed: bool,
+    /// Snapshot chunks a follower took, to store in order before this `Ready`'s writes.
+    pub snapshot_chunks: Vec<SnapshotChunk>,
+    /// The received snapshot is complete: install it after storing the chunks and before
+    /// this `Ready`'s writes (see [`InstallSnapshotOrder`]).
+    pub install_snapshot: Option<InstallSnapshotOrder>,
 }
 
 impl Ready {
@@ -118,6 +128,7 @@ impl Ready {
             && self.reads.is_empty()
             && self.dropped_reads.is_empty()
             && !self.soft_state_changed
+            && !self.has_snapshot_work()
     }
 }
 
@@ -185,6 +196,10 @@ pub struct Raft {
     anomalies: u64,
     /// Messages dropped at the door (see `guard.rs`).
     refused: Refused,
+    /// The latest snapshot this server holds (what a leader sends to followers behind).
+    snapshot: Option<SnapshotInfo>,
+    /// A snapshot being received from the leader.
+    incoming: Option<snapshot::Incoming>,
     /// A leader outside our configuration that a voter we know named, and its term.
     vouched_leader: Option<(NodeId, Term)>,
 }
@@ -193,13 +208,29 @@ impl Raft {
     /// A new server that has never run, starting with configuration `initial`
     /// (empty for a server that waits to be added).
     pub fn new(cfg: CoreConfig, initial: Membership) -> Raft {
-        Raft::recover(cfg, HardState::default(), Log::default(), initial)
+        Raft::recover(cfg, HardState::default(), Log::default(), initial, None)
     }
 
-    /// A server restarting from its persistent state: `hard`, `log`, and the configuration
-    /// as of the log's snapshot point. Volatile state starts afresh (Figure 2).
-    pub fn recover(cfg: CoreConfig, hard: HardState, log: Log, base_membership: Membership) -> Raft {
+    /// A server restarting from its persistent state: `hard`, `log`, and either its latest
+    /// snapshot (whose index must be the log's snapshot point) or, without one, the
+    /// configuration it started with. Volatile state starts afresh (Figure 2); everything
+    /// through the snapshot counts as committed.
+    pub fn recover(
+        cfg: CoreConfig,
+        hard: HardState,
+        log: Log,
+        initial: Membership,
+        snapshot: Option<SnapshotInfo>,
+    ) -> Raft {
         cfg.validate().expect("core config was validated by the caller");
+        let base_membership = match &snapshot {
+            Some(s) => {
+                assert_eq!(s.meta.index, log.snapshot_index(), "the log must start at the snapshot");
+                assert_eq!(Some(s.meta.term), log.term_at(s.meta.index), "the snapshot's term must match the log's");
+                s.meta.membership.clone()
+            }
+            None => initial,
+        };
         let mut raft = Raft {
             rng: SplitMix64::new(cfg.seed),
             cfg,
@@ -229,6 +260,8 @@ impl Raft {
             anomalies: 0,
             refused: Refused::default(),
             vouched_leader: None,
+            snapshot,
+            incoming: None,
         };
         raft.membership_index = raft.log.snapshot_index();
         raft.reload_membership();
@@ -376,6 +409,8 @@ impl Raft {
             MessageKind::TimeoutNow => self.on_timeout_now(from),
             MessageKind::LeaderHint { leader } => self.on_leader_hint(from, msg.term, leader),
             MessageKind::LeaderQuery => self.send_leader_hint(from),
+            MessageKind::InstallSnapshot(is) => self.on_install_snapshot(from, is),
+            MessageKind::InstallSnapshotResponse(r) => self.on_install_snapshot_response(from, r),
         }
     }
 
@@ -522,6 +557,13 @@ impl Raft {
         assert!(self.commit_index <= self.log.last_index(), "commit beyond the log");
         assert!(self.membership_index <= self.log.last_index(), "config beyond the log");
         assert!(self.persisted_index <= self.log.last_index(), "persisted beyond the log");
+        assert!(self.log.snapshot_index() <= self.commit_index, "compacted beyond commit");
+        if let Some(s) = &self.snapshot {
+            assert!(s.meta.index >= self.log.snapshot_index(), "the log was compacted past its snapshot");
+            assert!(s.meta.index <= self.commit_index, "snapshot of uncommitted state");
+        } else {
+            assert_eq!(self.log.snapshot_index(), LogIndex(0), "compacted without a snapshot");
+        }
         if self.role == Role::Leader {
             assert_eq!(self.leader_id, Some(self.cfg.id), "leader must know itself");
             assert_eq!(self.hard.voted_for, Some(self.cfg.id), "leader voted for itself");

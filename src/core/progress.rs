@@ -13,6 +13,23 @@ pub enum ReplicationState {
     /// Logs agree up to `match_index`: stream batches ahead of acknowledgements, up to
     /// the in-flight bound, with `next_index` advanced optimistically.
     Replicate,
+    /// The entries it needs are compacted away: sending it the snapshot (§7).
+    Snapshot,
+}
+
+/// A snapshot being sent to one follower, in chunks (§7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotSend {
+    /// The snapshot's index.
+    pub index: LogIndex,
+    /// Where the next chunk starts.
+    pub next_offset: u64,
+    /// How far the follower acknowledged.
+    pub acked_offset: u64,
+    /// Chunks sent and not yet answered.
+    pub inflight: usize,
+    /// The last chunk was sent (a zero-byte snapshot still has one chunk).
+    pub sent_last: bool,
 }
 
 /// The leader's view of one follower (or learner).
@@ -36,6 +53,8 @@ pub struct Progress {
     pub acked_since_heartbeat: bool,
     /// The highest ReadIndex round this server has acknowledged.
     pub read_seq_acked: u64,
+    /// In Snapshot state: the transfer under way.
+    pub snapshot: Option<SnapshotSend>,
 }
 
 impl Progress {
@@ -50,6 +69,7 @@ impl Progress {
             recent_active: true,
             acked_since_heartbeat: false,
             read_seq_acked: 0,
+            snapshot: None,
         }
     }
 
@@ -58,6 +78,7 @@ impl Progress {
         match self.state {
             ReplicationState::Probe => !self.probe_sent,
             ReplicationState::Replicate => self.inflight.len() < max_inflight,
+            ReplicationState::Snapshot => false,
         }
     }
 
@@ -69,6 +90,7 @@ impl Progress {
                 self.next_index = last.next();
                 self.inflight.push_back(last);
             }
+            ReplicationState::Snapshot => debug_assert!(false, "no AppendEntries while sending a snapshot"),
         }
     }
 
@@ -85,15 +107,36 @@ impl Progress {
         if self.next_index <= index {
             self.next_index = index.next();
         }
-        if self.state == ReplicationState::Probe {
+        if self.state != ReplicationState::Replicate {
             self.become_replicate();
         }
         true
     }
 
+    /// Starts sending the snapshot at `index` from its first byte.
+    pub fn become_snapshot(&mut self, index: LogIndex) {
+        self.state = ReplicationState::Snapshot;
+        self.inflight.clear();
+        self.probe_sent = false;
+        self.snapshot =
+            Some(SnapshotSend { index, next_offset: 0, acked_offset: 0, inflight: 0, sent_last: false });
+    }
+
+    /// In Snapshot state: rewinds to what the follower acknowledged, or to `offset` if it
+    /// asks for it (a lost chunk, or a follower that restarted and lost its partial copy).
+    pub fn rewind_snapshot(&mut self, offset: Option<u64>) {
+        if let Some(t) = &mut self.snapshot {
+            t.next_offset = offset.unwrap_or(t.acked_offset);
+            t.acked_offset = t.acked_offset.min(t.next_offset);
+            t.inflight = 0;
+            t.sent_last = false;
+        }
+    }
+
     /// Switches to pipelined replication from `match_index + 1`.
     pub fn become_replicate(&mut self) {
         self.state = ReplicationState::Replicate;
+        self.snapshot = None;
         self.next_index = self.match_index.next();
         self.inflight.clear();
         self.probe_sent = false;
@@ -102,6 +145,7 @@ impl Progress {
     /// Switches to probing, starting at `next_index` (never at or below `match_index`).
     pub fn become_probe(&mut self, next_index: LogIndex) {
         self.state = ReplicationState::Probe;
+        self.snapshot = None;
         self.next_index = next_index.max(self.match_index.next());
         self.inflight.clear();
         self.probe_sent = false;
@@ -110,6 +154,7 @@ impl Progress {
     /// Checks `match_index < next_index`.
     pub fn check_invariants(&self) {
         assert!(self.match_index < self.next_index, "match {} next {}", self.match_index, self.next_index);
+        assert_eq!(self.snapshot.is_some(), self.state == ReplicationState::Snapshot, "snapshot transfer state");
     }
 }
 

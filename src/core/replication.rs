@@ -19,6 +19,13 @@ impl Raft {
     pub(super) fn on_append_entries(&mut self, from: NodeId, ae: AppendEntries) {
         self.accept_leader(from);
         let prev = ae.prev_log_index;
+        if prev < self.log.snapshot_index() {
+            // Compacted here: everything through our commit index matches the leader's
+            // (it is committed), so resume from there.
+            let index = self.commit_index;
+            let r = AppendEntriesResponse { success: true, index, conflict_term: None, conflict_index: LogIndex(0) };
+            return self.send(from, MessageKind::AppendEntriesResponse(r));
+        }
         match self.log.term_at(prev) {
             Some(term) if term == ae.prev_log_term => {}
             found => {
@@ -113,6 +120,9 @@ impl Raft {
         if pr.state == ReplicationState::Probe && r.index != pr.next_index.prev() {
             return;
         }
+        if pr.state == ReplicationState::Snapshot {
+            return; // an answer to an AppendEntries from before the transfer
+        }
         // Fast backtracking (§5.3's optimization): skip the follower's whole conflicting term.
         let hint = match r.conflict_term {
             Some(term) => self.log.last_index_of_term(term).map_or(r.conflict_index, |i| i.next()),
@@ -142,7 +152,7 @@ impl Raft {
     }
 
     /// A message from the leader of our term: remember it and reset the election timer.
-    fn accept_leader(&mut self, from: NodeId) {
+    pub(super) fn accept_leader(&mut self, from: NodeId) {
         if self.role != super::types::Role::Follower || self.leader_id != Some(from) {
             let term = self.hard.current_term;
             self.become_follower(term, Some(from));
@@ -190,6 +200,9 @@ impl Raft {
                 let next = pr.match_index.next();
                 pr.become_probe(next);
             }
+            if pr.snapshot.is_some_and(|t| t.inflight > 0) && !pr.acked_since_heartbeat {
+                pr.rewind_snapshot(None); // chunks lost: resume from the last acknowledged byte
+            }
             pr.acked_since_heartbeat = false;
             // A probe that got no answer is retried once per heartbeat.
             pr.probe_sent = false;
@@ -212,15 +225,22 @@ impl Raft {
     fn maybe_send_append(&mut self, to: NodeId) -> bool {
         let last_index = self.log.last_index();
         let pr = &self.progress[&to];
-        if pr.match_index >= last_index || !pr.can_send(self.cfg.max_inflight) {
+        if pr.match_index >= last_index {
             return false;
         }
         let next = pr.next_index;
+        if pr.state == ReplicationState::Snapshot || next <= self.log.snapshot_index() {
+            // The entries it needs are compacted away (§7).
+            return self.maybe_send_snapshot_chunk(to);
+        }
+        if !pr.can_send(self.cfg.max_inflight) {
+            return false;
+        }
         if pr.state == ReplicationState::Replicate && next > last_index {
             return false;
         }
         let prev_log_index = next.prev();
-        let prev_log_term = self.log.term_at(prev_log_index).expect("no compaction yet: prev is in the log");
+        let prev_log_term = self.log.term_at(prev_log_index).expect("prev is at or after the snapshot point");
         let entries = self.log.slice(next, self.cfg.max_append_entries, self.cfg.max_append_bytes).to_vec();
         let last = LogIndex(prev_log_index.0 + entries.len() as u64);
         let ae = AppendEntries { prev_log_index, prev_log_term, entries, leader_commit: self.commit_index };

@@ -39,6 +39,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         let entry = self.core.log().get(index).expect("committed entries are in memory");
         debug_assert_eq!(entry.index, index);
         let term = entry.term;
+        self.applied_bytes_since += entry.payload.size_bytes() as u64;
         let decoded = match &entry.payload {
             Payload::Command(bytes) => Some(rmp_serde::from_slice::<M::Command>(bytes)),
             Payload::Noop | Payload::Config(_) => None,

@@ -20,9 +20,11 @@ mod pending;
 mod persist;
 mod reply;
 mod request;
+mod snapshot;
 
 pub use reply::{Channel, Respond};
 pub use request::{ReadFn, Request};
+pub use snapshot::Compaction;
 
 use std::collections::VecDeque;
 use std::io;
@@ -53,6 +55,8 @@ pub struct ReplicaConfig {
     /// Most time spent applying per [`Replica::advance`] (at least one entry is applied);
     /// `None` for no time bound (the simulator, which must not read clocks).
     pub apply_time_max: Option<Duration>,
+    /// When to snapshot and compact the log (for machines with snapshots).
+    pub compaction: Compaction,
 }
 
 /// One server's Raft core, storage and state machine, and its clients' pending requests.
@@ -78,18 +82,30 @@ pub struct Replica<M: StateMachine, S: Storage, C: Channel> {
     /// Whether the poison is a storage failure (the node must not ack what it lost).
     storage_failed: bool,
     members_changed: bool,
+    /// A snapshot is being saved by storage.
+    snapshot_saving: bool,
+    /// Bytes of entries applied since the last snapshot was taken.
+    applied_bytes_since: u64,
 }
 
 impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
     /// A replica resuming from what `storage` holds (nothing, for a new server).
     pub fn new(cfg: ReplicaConfig, mut storage: S, machine: M) -> io::Result<Replica<M, S, C>> {
         let recovered = storage.recover()?;
-        let core = Raft::recover(cfg.core.clone(), recovered.hard_state, recovered.log, cfg.initial.clone());
-        Ok(Replica {
+        let snapshot = recovered.snapshot;
+        let applied = snapshot.as_ref().map_or(LogIndex(0), |s| s.meta.index);
+        let core = Raft::recover(cfg.core.clone(), recovered.hard_state, recovered.log, cfg.initial.clone(), snapshot);
+        if !M::SNAPSHOTS {
+            log::warn!(
+                "node {}: the state machine has no snapshots, so the log is never compacted and grows for as long as the node runs (see StateMachine::snapshot)",
+                cfg.core.id
+            );
+        }
+        let mut replica = Replica {
             core,
             storage,
             machine,
-            applied: LogIndex(0),
+            applied,
             pending: Pending::new(),
             outbox: Vec::new(),
             unsynced: VecDeque::new(),
@@ -99,7 +115,15 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             poisoned: None,
             storage_failed: false,
             members_changed: true,
-        })
+            snapshot_saving: false,
+            applied_bytes_since: 0,
+        };
+        if applied > LogIndex(0) {
+            replica.restore_from_storage().map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot restore the state machine from the snapshot at {applied}: {e}"))
+            })?;
+        }
+        Ok(replica)
     }
 
     // ----- inputs -----
@@ -175,8 +199,10 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
     /// applies committed entries (within the apply budget), answers what is settled.
     /// Returns whether committed entries remain to apply (call again soon).
     pub fn advance(&mut self) -> bool {
+        self.poll_snapshot();
         self.process_ready();
         let more = self.apply_committed();
+        self.maybe_snapshot();
         self.pending.settle(&self.core, self.now);
         more
     }

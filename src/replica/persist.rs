@@ -41,11 +41,19 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         }
     }
 
-    fn on_ready(&mut self, ready: Ready) {
+    fn on_ready(&mut self, mut ready: Ready) {
         if self.poisoned.is_some() {
             // A write failed: nothing may leave that could rest on it. The node stops.
             return;
         }
+        if !ready.snapshot_chunks.is_empty() || ready.install_snapshot.is_some() {
+            // Before this Ready's writes, which (after an install) start past the snapshot.
+            self.receive_snapshot(std::mem::take(&mut ready.snapshot_chunks), ready.install_snapshot.take());
+            if self.poisoned.is_some() {
+                return;
+            }
+        }
+        self.fill_snapshot_chunks(&mut ready.messages);
         self.outbox.extend(ready.messages);
         let mut held = ready.persisted_messages;
         if ready.hard_state.is_some() || ready.log_changed_from.is_some() {

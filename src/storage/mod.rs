@@ -18,17 +18,21 @@ pub use file::{FileOptions, FileStorage, StorageFaults};
 pub use memory::MemoryStorage;
 pub(crate) use node_storage::NodeStorage;
 
-use std::io;
+use std::io::{self, Read};
 
-use crate::core::{Entry, HardState, Log, LogIndex};
+use crate::core::{Entry, HardState, InstallSnapshotOrder, Log, LogIndex, SnapshotChunk, SnapshotInfo, SnapshotMeta};
+use crate::state_machine::Snapshot;
 
 /// The persistent state a storage held at start.
 #[derive(Clone, Debug, Default)]
 pub struct Recovered {
     /// The last durable term and vote.
     pub hard_state: HardState,
-    /// The durable log.
+    /// The durable log. With a snapshot, it starts at the snapshot's index (its snapshot
+    /// point); entries the snapshot covers are not returned.
     pub log: Log,
+    /// The newest complete snapshot.
+    pub snapshot: Option<SnapshotInfo>,
 }
 
 /// Durable (or, for [`MemoryStorage`], pretend-durable) state of one server.
@@ -51,4 +55,38 @@ pub trait Storage {
 
     /// How many batches are durable.
     fn synced(&self) -> u64;
+
+    // ----- snapshots (§7) -----
+    //
+    // A storage holds one current snapshot: the newest of those saved and installed. A
+    // snapshot becomes current only once complete and durable, so a crash leaves the old
+    // one (a half-written or half-received snapshot never replaces a good one).
+
+    /// Starts saving `snapshot`, the applied state through `meta.index`. It may write on
+    /// another thread; [`Storage::poll_snapshot`] reports the end. One save at a time.
+    fn save_snapshot(&mut self, meta: SnapshotMeta, snapshot: Snapshot) -> io::Result<()>;
+
+    /// The save that finished since the last call, if one did: it is durable, and current
+    /// unless a newer snapshot was installed meanwhile (then it was discarded).
+    fn poll_snapshot(&mut self) -> Option<io::Result<SnapshotInfo>>;
+
+    /// Fills `buf` from the current snapshot at `offset`; an error if the current
+    /// snapshot is not the one at `index` or is shorter.
+    fn read_snapshot(&mut self, index: LogIndex, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Reads the current snapshot from its start.
+    fn open_snapshot(&mut self) -> io::Result<Box<dyn Read + '_>>;
+
+    /// Stores one chunk of a snapshot being received, in order (offset 0 starts anew).
+    fn receive_snapshot(&mut self, chunk: &SnapshotChunk) -> io::Result<()>;
+
+    /// Makes the received snapshot durable and current, and drops the stored log through
+    /// its index (and, unless `keep_log_after`, all of it), before returning. A crash at
+    /// any point leaves a prefix-consistent state: the old snapshot with a prefix of the
+    /// old log, or the new snapshot with no entry that contradicts it.
+    fn install_snapshot(&mut self, order: &InstallSnapshotOrder) -> io::Result<()>;
+
+    /// The log through `through` is covered by a durable snapshot: the storage may drop it
+    /// (a file storage deletes whole segments) so memory and disk stay bounded.
+    fn compact(&mut self, through: LogIndex) -> io::Result<()>;
 }

@@ -4,10 +4,21 @@
 //! `Node`) or a `Box<dyn Storage>` (a virtual call per batch): one predictable branch per
 //! call, and memory mode's write path measured no slower for it (see the durable bench).
 
-use std::io;
+use std::io::{self, Read};
 
 use super::{FileStorage, MemoryStorage, Recovered, Storage};
-use crate::core::{Entry, HardState, LogIndex};
+use crate::core::{Entry, HardState, InstallSnapshotOrder, LogIndex, SnapshotChunk, SnapshotInfo, SnapshotMeta};
+use crate::state_machine::Snapshot;
+
+/// Calls `$call` on whichever storage this is.
+macro_rules! each {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            NodeStorage::Memory($s) => $call,
+            NodeStorage::File($s) => $call,
+        }
+    };
+}
 
 /// Memory or file storage.
 #[derive(Debug)]
@@ -39,30 +50,46 @@ impl NodeStorage {
 
 impl Storage for NodeStorage {
     fn recover(&mut self) -> io::Result<Recovered> {
-        match self {
-            NodeStorage::Memory(s) => s.recover(),
-            NodeStorage::File(s) => s.recover(),
-        }
+        each!(self, s => s.recover())
     }
 
     fn append(&mut self, hard_state: Option<HardState>, from: Option<LogIndex>, entries: &[Entry]) -> io::Result<()> {
-        match self {
-            NodeStorage::Memory(s) => s.append(hard_state, from, entries),
-            NodeStorage::File(s) => s.append(hard_state, from, entries),
-        }
+        each!(self, s => s.append(hard_state, from, entries))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            NodeStorage::Memory(s) => s.flush(),
-            NodeStorage::File(s) => s.flush(),
-        }
+        each!(self, s => s.flush())
     }
 
     fn synced(&self) -> u64 {
-        match self {
-            NodeStorage::Memory(s) => s.synced(),
-            NodeStorage::File(s) => s.synced(),
-        }
+        each!(self, s => s.synced())
+    }
+
+    fn save_snapshot(&mut self, meta: SnapshotMeta, snapshot: Snapshot) -> io::Result<()> {
+        each!(self, s => s.save_snapshot(meta, snapshot))
+    }
+
+    fn poll_snapshot(&mut self) -> Option<io::Result<SnapshotInfo>> {
+        each!(self, s => s.poll_snapshot())
+    }
+
+    fn read_snapshot(&mut self, index: LogIndex, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        each!(self, s => s.read_snapshot(index, offset, buf))
+    }
+
+    fn open_snapshot(&mut self) -> io::Result<Box<dyn Read + '_>> {
+        each!(self, s => s.open_snapshot())
+    }
+
+    fn receive_snapshot(&mut self, chunk: &SnapshotChunk) -> io::Result<()> {
+        each!(self, s => s.receive_snapshot(chunk))
+    }
+
+    fn install_snapshot(&mut self, order: &InstallSnapshotOrder) -> io::Result<()> {
+        each!(self, s => s.install_snapshot(order))
+    }
+
+    fn compact(&mut self, through: LogIndex) -> io::Result<()> {
+        each!(self, s => s.compact(through))
     }
 }

@@ -1,0 +1,121 @@
+//! Snapshots from the replica's side (§7): taking one when the log has grown, compacting
+//! once it is saved, filling the leader's InstallSnapshot chunks from storage, and storing
+//! and installing the chunks a follower receives.
+
+use super::Replica;
+use super::reply::Channel;
+use crate::core::{Envelope, InstallSnapshotOrder, MessageKind, SnapshotChunk, SnapshotMeta};
+use crate::state_machine::StateMachine;
+use crate::storage::Storage;
+
+/// When to take a snapshot and how much log to keep behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compaction {
+    /// Take a snapshot once this many entries were applied since the last one.
+    pub entries: u64,
+    /// Or once this many bytes of entries were applied since the last one.
+    pub bytes: u64,
+    /// Entries before the snapshot's index the log keeps, for followers a little behind.
+    pub keep_entries: u64,
+}
+
+impl Default for Compaction {
+    /// 100,000 entries or 64 MiB, keeping 5,000 (etcd's defaults are of the same order).
+    fn default() -> Compaction {
+        Compaction { entries: 100_000, bytes: 64 << 20, keep_entries: 5_000 }
+    }
+}
+
+impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
+    /// Takes a snapshot if enough was applied since the last one and none is being saved.
+    /// The capture runs here; storage writes it out (on another thread, if it has one).
+    pub(super) fn maybe_snapshot(&mut self) {
+        if !M::SNAPSHOTS || self.snapshot_saving || self.poisoned.is_some() {
+            return;
+        }
+        let last = self.core.snapshot().map_or(self.core.log().snapshot_index(), |s| s.meta.index);
+        let c = self.cfg.compaction;
+        if self.applied.0 - last.0.min(self.applied.0) < c.entries && self.applied_bytes_since < c.bytes {
+            return;
+        }
+        let index = self.applied;
+        let Some(term) = self.core.log().term_at(index) else { return };
+        let Some(capture) = self.machine.snapshot() else {
+            log::warn!("node {}: the state machine declares snapshots but returned none", self.core.id());
+            self.applied_bytes_since = 0;
+            return;
+        };
+        let meta = SnapshotMeta { index, term, membership: self.core.membership_at(index) };
+        self.applied_bytes_since = 0;
+        match self.storage.save_snapshot(meta, capture) {
+            Ok(()) => self.snapshot_saving = true,
+            // Not a safety matter: the log stays longer until the next attempt succeeds.
+            Err(e) => log::error!("node {}: cannot save a snapshot at {index}: {e}", self.core.id()),
+        }
+    }
+
+    /// Compacts the log once storage says a snapshot is saved.
+    pub(super) fn poll_snapshot(&mut self) {
+        let Some(saved) = self.storage.poll_snapshot() else { return };
+        self.snapshot_saving = false;
+        let info = match saved {
+            Ok(info) => info,
+            Err(e) => return log::error!("node {}: saving a snapshot failed: {e}", self.core.id()),
+        };
+        log::debug!("node {}: snapshot at {} saved ({} bytes)", self.core.id(), info.meta.index, info.size);
+        let point = self.core.on_snapshot_saved(info, self.cfg.compaction.keep_entries);
+        if let Err(e) = self.storage.compact(point) {
+            log::error!("node {}: cannot drop the log through {point}: {e}", self.core.id());
+        }
+    }
+
+    /// Fills the leader's InstallSnapshot chunks with bytes from storage; a chunk that
+    /// cannot be read is dropped (the transfer resumes from the follower's last ack).
+    pub(super) fn fill_snapshot_chunks(&mut self, messages: &mut Vec<Envelope>) {
+        let chunk_bytes = self.cfg.core.snapshot_chunk_bytes;
+        let id = self.core.id();
+        let storage = &mut self.storage;
+        messages.retain_mut(|env| {
+            let MessageKind::InstallSnapshot(is) = &mut env.message.kind else { return true };
+            is.data = vec![0; is.chunk_len(chunk_bytes)];
+            match storage.read_snapshot(is.meta.index, is.offset, &mut is.data) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!("node {id}: cannot read snapshot {} for node {}: {e}", is.meta.index, env.to);
+                    false
+                }
+            }
+        });
+    }
+
+    /// Stores a follower's received chunks and, with the last, installs the snapshot:
+    /// durable and current in storage, then restored into the state machine.
+    pub(super) fn receive_snapshot(&mut self, chunks: Vec<SnapshotChunk>, install: Option<InstallSnapshotOrder>) {
+        for chunk in &chunks {
+            if let Err(e) = self.storage.receive_snapshot(chunk) {
+                return self.poison_storage(format!("cannot store a received snapshot chunk: {e}"));
+            }
+        }
+        let Some(order) = install else { return };
+        let index = order.info.meta.index;
+        if let Err(e) = self.storage.install_snapshot(&order) {
+            return self.poison_storage(format!("cannot install the snapshot at {index}: {e}"));
+        }
+        if let Err(e) = self.restore_from_storage() {
+            return self.poison(format!("cannot restore the state machine from the snapshot at {index}: {e}"));
+        }
+        log::info!("node {}: installed the leader's snapshot at {index} ({} bytes)", self.core.id(), order.info.size);
+        self.applied = index;
+        self.applied_bytes_since = 0;
+    }
+
+    /// Replaces the state machine's state with storage's current snapshot.
+    pub(super) fn restore_from_storage(&mut self) -> std::io::Result<()> {
+        let mut reader = self.storage.open_snapshot()?;
+        let machine = &mut self.machine;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| machine.restore(&mut reader))) {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::other("the state machine panicked restoring")),
+        }
+    }
+}
