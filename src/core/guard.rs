@@ -76,7 +76,7 @@ impl Raft {
     }
 
     /// Where the protocol must hear a server outside our configuration; always a leader's
-    /// AppendEntries, Heartbeat or TimeoutNow (responses need no exception: a leader's
+    /// AppendEntries, InstallSnapshot, Heartbeat or TimeoutNow (responses need no exception: a leader's
     /// progress map holds members only, learners included):
     ///
     /// - to a server not yet in its own configuration: a `join()` server being added
@@ -89,8 +89,13 @@ impl Raft {
     ///   non-member cannot vouch, so a forger cannot lead, fork or depose anyone this way;
     ///   keeping forgers out of the cluster altogether is the cluster secret's job.
     fn needs_non_member(&self, from: NodeId, from_leader: bool, msg: &Message) -> bool {
-        let from_a_leader =
-            matches!(msg.kind, MessageKind::AppendEntries(_) | MessageKind::Heartbeat { .. } | MessageKind::TimeoutNow);
+        let from_a_leader = matches!(
+            msg.kind,
+            MessageKind::AppendEntries(_)
+                | MessageKind::InstallSnapshot(_)
+                | MessageKind::Heartbeat { .. }
+                | MessageKind::TimeoutNow
+        );
         let vouched = self.vouched_leader.is_some_and(|(id, term)| id == from && term == msg.term);
         from_a_leader && (from_leader || vouched || !self.membership.contains(self.cfg.id))
     }

@@ -199,8 +199,10 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
     /// applies committed entries (within the apply budget), answers what is settled.
     /// Returns whether committed entries remain to apply (call again soon).
     pub fn advance(&mut self) -> bool {
-        self.poll_snapshot();
         self.process_ready();
+        // After the core's output is stored: a snapshot installed by this turn's input must
+        // be in storage before compaction may drop the log it covers.
+        self.poll_snapshot();
         let more = self.apply_committed();
         self.maybe_snapshot();
         self.pending.settle(&self.core, self.now);

@@ -42,6 +42,28 @@ impl Storage for ManualStorage {
     fn synced(&self) -> u64 {
         self.state.borrow().1
     }
+    // These tests' machine has no snapshots: nothing below is called.
+    fn save_snapshot(&mut self, _: crate::core::SnapshotMeta, _: crate::Snapshot) -> io::Result<()> {
+        unreachable!()
+    }
+    fn poll_snapshot(&mut self) -> Option<io::Result<crate::core::SnapshotInfo>> {
+        None
+    }
+    fn read_snapshot(&mut self, _: LogIndex, _: u64, _: &mut [u8]) -> io::Result<()> {
+        unreachable!()
+    }
+    fn open_snapshot(&mut self) -> io::Result<Box<dyn io::Read + '_>> {
+        unreachable!()
+    }
+    fn receive_snapshot(&mut self, _: &crate::core::SnapshotChunk) -> io::Result<()> {
+        unreachable!()
+    }
+    fn install_snapshot(&mut self, _: &crate::core::InstallSnapshotOrder) -> io::Result<()> {
+        unreachable!()
+    }
+    fn compact(&mut self, _: LogIndex) -> io::Result<()> {
+        unreachable!()
+    }
 }
 
 struct Nothing;
@@ -58,6 +80,7 @@ fn follower(storage: ManualStorage) -> Replica<Nothing, ManualStorage, Local> {
         tick: Duration::from_millis(10),
         request_timeout: Duration::from_secs(1),
         apply_entries_max: 16,
+        compaction: Default::default(),
         apply_time_max: None,
     };
     Replica::new(cfg, storage, Nothing).unwrap()
@@ -142,6 +165,7 @@ fn lone_voter() -> Replica<Fragile, crate::storage::MemoryStorage, Local> {
         tick: Duration::from_millis(10),
         request_timeout: Duration::from_secs(1),
         apply_entries_max: 1,
+        compaction: Default::default(),
         apply_time_max: None,
     };
     let mut r = Replica::new(cfg, crate::storage::MemoryStorage::default(), Fragile::default()).unwrap();

@@ -28,7 +28,7 @@ pub fn fingerprint(payload: &Payload) -> u64 {
 }
 
 /// FNV-1a, enough for fingerprints.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Fnv(pub u64);
 
 impl Default for Fnv {
@@ -146,6 +146,13 @@ impl Checker {
     fn check_commits(&mut self, raft: &Raft, seen: &mut NodeCheck) {
         let term = raft.current_term();
         let mut index = seen.commit_index.next();
+        let point = raft.log().snapshot_index();
+        if index <= point {
+            // Committed by installing a snapshot: its point must be the committed entry.
+            let c = self.committed.get(point.0 as usize - 1).expect("a snapshot of what some server committed");
+            assert_eq!(Some(c.term), raft.log().term_at(point), "node {}: snapshot at {point} differs", raft.id());
+            index = point.next();
+        }
         while index <= raft.commit_index() {
             let entry = raft.log().get(index).expect("committed entries are in the log");
             self.record_commit(raft.id(), entry, term);
@@ -182,6 +189,9 @@ impl Checker {
                 continue;
             }
             let index = LogIndex(pos as u64 + 1);
+            if index <= raft.log().snapshot_index() {
+                continue; // compacted into a snapshot, whose point was checked on commit
+            }
             let held = raft.log().get(index).map(|e| (e.term, fingerprint(&e.payload)));
             assert_eq!(
                 held,

@@ -11,7 +11,7 @@ use super::checker::Fnv;
 /// A state machine whose state is a hash chain over the commands it applied, so two
 /// servers that applied different sequences are told apart, and every response names
 /// exactly which entry produced it.
-#[derive(Default)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SimMachine {
     /// Commands applied.
     pub count: u64,
@@ -31,6 +31,7 @@ impl StateMachine for SimMachine {
         self.hash.write(&command.to_le_bytes());
         (command, self.count, self.hash.0)
     }
+    quorate::serde_snapshots!();
 }
 
 /// What a client learned.

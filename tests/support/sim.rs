@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use quorate::core::{CoreConfig, Membership, Message, MessageKind, NodeId, Raft, Role, SplitMix64};
-use quorate::replica::{ReadFn, Replica, ReplicaConfig, Request};
+use quorate::replica::{Compaction, ReadFn, Replica, ReplicaConfig, Request};
 
 use super::checker::{Checker, NodeCheck};
 use super::clients::{Outcome, Outcomes, SimClient, SimMachine, SimReply, write_reply};
@@ -130,10 +130,11 @@ pub struct Settings {
     pub instant_storage: bool,
     /// Otherwise: the chance per unit that a server with unsynced batches syncs them.
     pub sync_chance: f64,
+    pub compaction: Compaction,
 }
 
 impl Settings {
-    fn draw(rng: &mut Rng) -> Settings {
+    fn draw(rng: &mut Rng, seed: u64) -> Settings {
         let mut core = CoreConfig::new(1);
         // A quarter of the seeds run with the defaults users get from `Config`.
         if !rng.chance(0.25) {
@@ -145,7 +146,26 @@ impl Settings {
         let apply_entries_max = rng.pick(&[1, 3, 1024]).unwrap();
         let instant_storage = rng.chance(0.3);
         let sync_chance = rng.pick(&[0.5, 0.2, 0.05]).unwrap();
-        Settings { core, apply_entries_max, instant_storage, sync_chance }
+        let (compaction, chunk, inflight) = Settings::draw_compaction(&mut Rng::new(seed ^ 0x5eed_c0de));
+        (core.snapshot_chunk_bytes, core.max_snapshot_inflight) = (chunk, inflight);
+        Settings { core, apply_entries_max, instant_storage, sync_chance, compaction }
+    }
+
+    /// Snapshot settings, from a generator of their own so the other draws (and the
+    /// regression seeds found before snapshots existed) stay as they were. A quarter of
+    /// the seeds keep `Config`'s defaults, which a short run never reaches.
+    fn draw_compaction(rng: &mut Rng) -> (Compaction, usize, usize) {
+        if rng.chance(0.25) {
+            let core = CoreConfig::new(1);
+            return (Compaction::default(), core.snapshot_chunk_bytes, core.max_snapshot_inflight);
+        }
+        let entries = rng.pick(&[3, 8, 20, 60]).unwrap();
+        let keep_entries = rng.pick(&[0, 1, 5, 30]).unwrap();
+        let bytes = rng.pick(&[200, 1 << 20]).unwrap();
+        // Tiny chunks, so a snapshot of the simulated machine (about 20 bytes) takes several.
+        let chunk = rng.pick(&[1, 3, 8, 1 << 20]).unwrap();
+        let inflight = rng.pick(&[1, 2, 4]).unwrap();
+        (Compaction { entries, bytes, keep_entries }, chunk, inflight)
     }
 }
 
@@ -201,7 +221,7 @@ impl Sim {
     /// `n` servers that all start with the same configuration {1..=n}.
     pub fn new(seed: u64, n: u64, faults: Faults) -> Sim {
         let mut rng = Rng::new(seed);
-        let settings = Settings::draw(&mut rng);
+        let settings = Settings::draw(&mut rng, seed);
         let members = Membership::with_voters((1..=n).map(|id| (id, format!("n{id}"))));
         let mut sim = Sim {
             seed,
@@ -238,6 +258,7 @@ impl Sim {
             request_timeout: Duration::from_secs(5),
             apply_entries_max: self.settings.apply_entries_max,
             apply_time_max: None,
+            compaction: self.settings.compaction,
         };
         let disk = Rc::new(RefCell::new(Disk::default()));
         let mut node =
@@ -292,7 +313,7 @@ impl Sim {
             if unsynced && self.rng.chance(self.settings.sync_chance) {
                 // Sometimes only the oldest batches: the rest stay volatile a while longer.
                 let waiting = node.replica.as_ref().map_or(0, |r| r.storage().unsynced_len()) as u64;
-                let count = if self.rng.chance(0.5) { waiting } else { self.rng.between(1, waiting) };
+                let count = if waiting == 0 || self.rng.chance(0.5) { waiting } else { self.rng.between(1, waiting) };
                 self.trace.push(self.now, Event::Sync(id));
                 self.with(id, |r| r.storage_mut().sync_first(count as usize));
             } else if node.backlog {

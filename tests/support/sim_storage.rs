@@ -1,13 +1,18 @@
 //! Simulated storage: batches wait in a volatile queue until the simulator syncs them; a
 //! crash keeps the disk and a random prefix of what was not yet synced (writes may reach
 //! the disk before the sync that confirms them, but never out of order).
+//!
+//! Snapshots as a file storage keeps them: a save is written at once but becomes durable
+//! (and current) only at a later sync, so a crash before loses it; a received snapshot is
+//! volatile until installed, and installing is durable at once (it syncs).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Read};
 use std::rc::Rc;
 
-use quorate::core::{Entry, HardState, Log, LogIndex};
+use quorate::Snapshot;
+use quorate::core::{Entry, HardState, InstallSnapshotOrder, Log, LogIndex, SnapshotChunk, SnapshotInfo, SnapshotMeta};
 use quorate::storage::{Recovered, Storage};
 
 /// What survives a crash.
@@ -15,6 +20,7 @@ use quorate::storage::{Recovered, Storage};
 pub struct Disk {
     pub hard: HardState,
     pub log: Log,
+    pub snapshot: Option<(SnapshotInfo, Rc<Vec<u8>>)>,
 }
 
 impl Disk {
@@ -23,10 +29,33 @@ impl Disk {
             self.hard = hard;
         }
         if let Some(from) = batch.from {
-            self.log.truncate_after(from.prev());
-            for e in &batch.entries {
+            // Entries the log was compacted through are committed: they are already here.
+            let point = self.log.snapshot_index();
+            self.log.truncate_after(from.prev().max(point));
+            for e in batch.entries.iter().filter(|e| e.index > point) {
                 self.log.push(e.clone());
             }
+        }
+    }
+
+    /// What a restart finds: the snapshot, and the log after it if it continues it.
+    fn recovered(&self) -> Recovered {
+        let mut log = self.log.clone();
+        if let Some((info, _)) = &self.snapshot {
+            let (s, t) = (info.meta.index, info.meta.term);
+            if log.snapshot_index() <= s && log.term_at(s) == Some(t) {
+                log.compact_to(s);
+            } else {
+                assert!(log.snapshot_index() <= s, "the disk's log was compacted past its snapshot");
+                log = Log::new(s, t, Vec::new());
+            }
+        }
+        Recovered { hard_state: self.hard, log, snapshot: self.snapshot.as_ref().map(|(i, _)| i.clone()) }
+    }
+
+    fn make_current(&mut self, info: SnapshotInfo, bytes: Vec<u8>) {
+        if self.snapshot.as_ref().is_none_or(|(c, _)| c.meta.index < info.meta.index) {
+            self.snapshot = Some((info, Rc::new(bytes)));
         }
     }
 }
@@ -47,11 +76,27 @@ pub struct SimStorage {
     instant: bool,
     /// Lowest index at which the log changed since the last `take_changed_from`.
     changed_from: Option<LogIndex>,
+    /// A snapshot written but not yet durable.
+    saving: Option<(SnapshotInfo, Vec<u8>)>,
+    /// A durable save the replica has not polled yet.
+    saved: Option<SnapshotInfo>,
+    /// Chunks received so far.
+    receiving: Vec<u8>,
 }
 
 impl SimStorage {
     pub fn new(disk: Rc<RefCell<Disk>>, instant: bool) -> SimStorage {
-        SimStorage { disk, unsynced: VecDeque::new(), appended: 0, synced: 0, instant, changed_from: None }
+        SimStorage {
+            disk,
+            unsynced: VecDeque::new(),
+            appended: 0,
+            synced: 0,
+            instant,
+            changed_from: None,
+            saving: None,
+            saved: None,
+            receiving: Vec::new(),
+        }
     }
 
     /// Makes every batch appended so far durable.
@@ -66,10 +111,14 @@ impl SimStorage {
             disk.write(&batch);
             self.synced += 1;
         }
+        if let Some((info, bytes)) = self.saving.take() {
+            disk.make_current(info.clone(), bytes);
+            self.saved = Some(info);
+        }
     }
 
     pub fn has_unsynced(&self) -> bool {
-        !self.unsynced.is_empty()
+        !self.unsynced.is_empty() || self.saving.is_some()
     }
 
     /// A crash: the first `keep` unsynced batches happened to reach the disk.
@@ -79,6 +128,8 @@ impl SimStorage {
             disk.write(&batch);
         }
         self.unsynced.clear();
+        self.saving = None;
+        self.receiving.clear();
     }
 
     pub fn unsynced_len(&self) -> usize {
@@ -93,8 +144,7 @@ impl SimStorage {
 
 impl Storage for SimStorage {
     fn recover(&mut self) -> io::Result<Recovered> {
-        let disk = self.disk.borrow();
-        Ok(Recovered { hard_state: disk.hard, log: disk.log.clone() })
+        Ok(self.disk.borrow().recovered())
     }
 
     fn append(&mut self, hard: Option<HardState>, from: Option<LogIndex>, entries: &[Entry]) -> io::Result<()> {
@@ -115,5 +165,73 @@ impl Storage for SimStorage {
 
     fn synced(&self) -> u64 {
         self.synced
+    }
+
+    fn save_snapshot(&mut self, meta: SnapshotMeta, snapshot: Snapshot) -> io::Result<()> {
+        assert!(self.saving.is_none() && self.saved.is_none(), "one snapshot save at a time");
+        let mut bytes = Vec::new();
+        snapshot.write_to(&mut bytes)?;
+        let info = SnapshotInfo { meta, size: bytes.len() as u64 };
+        self.saving = Some((info, bytes));
+        if self.instant {
+            self.sync();
+        }
+        Ok(())
+    }
+
+    fn poll_snapshot(&mut self) -> Option<io::Result<SnapshotInfo>> {
+        self.saved.take().map(Ok)
+    }
+
+    fn read_snapshot(&mut self, index: LogIndex, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let disk = self.disk.borrow();
+        let (info, bytes) = disk.snapshot.as_ref().ok_or_else(|| io::Error::other("no snapshot"))?;
+        if info.meta.index != index {
+            return Err(io::Error::other("snapshot replaced"));
+        }
+        let start = offset as usize;
+        buf.copy_from_slice(bytes.get(start..start + buf.len()).ok_or_else(|| io::Error::other("beyond the end"))?);
+        Ok(())
+    }
+
+    fn open_snapshot(&mut self) -> io::Result<Box<dyn Read + '_>> {
+        let bytes = self.disk.borrow().snapshot.as_ref().map(|(_, b)| b.clone()).ok_or_else(|| io::Error::other("none"))?;
+        Ok(Box::new(io::Cursor::new(bytes.to_vec())))
+    }
+
+    fn receive_snapshot(&mut self, chunk: &SnapshotChunk) -> io::Result<()> {
+        if chunk.offset == 0 {
+            self.receiving.clear();
+        }
+        assert_eq!(chunk.offset, self.receiving.len() as u64, "the core hands chunks over in order");
+        self.receiving.extend_from_slice(&chunk.data);
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, order: &InstallSnapshotOrder) -> io::Result<()> {
+        assert_eq!(order.info.size, self.receiving.len() as u64, "installing an incomplete snapshot");
+        // As a file storage does: what was written before is synced first, then the
+        // snapshot replaces the log it covers (or all of it).
+        self.sync();
+        let mut disk = self.disk.borrow_mut();
+        disk.make_current(order.info.clone(), std::mem::take(&mut self.receiving));
+        let (s, t) = (order.info.meta.index, order.info.meta.term);
+        if order.keep_log_after && disk.log.term_at(s) == Some(t) {
+            disk.log.compact_to(s);
+        } else {
+            disk.log = Log::new(s, t, Vec::new());
+        }
+        Ok(())
+    }
+
+    fn compact(&mut self, through: LogIndex) -> io::Result<()> {
+        let mut disk = self.disk.borrow_mut();
+        let covered = disk.snapshot.as_ref().map_or(LogIndex(0), |(i, _)| i.meta.index);
+        assert!(through <= covered, "compaction through {through} beyond the durable snapshot at {covered}");
+        let point = through.min(disk.log.last_index());
+        if point > disk.log.snapshot_index() {
+            disk.log.compact_to(point);
+        }
+        Ok(())
     }
 }

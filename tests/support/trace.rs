@@ -56,6 +56,12 @@ impl Event {
             MessageKind::TimeoutNow => ("TimeoutNow", [0; 3]),
             MessageKind::LeaderHint { leader } => ("LeaderHint[leader]", [*leader, 0, 0]),
             MessageKind::LeaderQuery => ("LeaderQuery", [0; 3]),
+            MessageKind::InstallSnapshot(is) => {
+                ("InstallSnapshot[index,offset,len]", [is.meta.index.0, is.offset, is.data.len() as u64])
+            }
+            MessageKind::InstallSnapshotResponse(r) => {
+                ("InstallSnapshotResponse[index,next,done]", [r.index.0, r.next_offset, r.done as u64])
+            }
         };
         Event::Deliver { from, to, term: msg.term.0, what, detail }
     }

@@ -46,7 +46,7 @@ pub(super) fn log_terms(r: &Raft) -> Vec<u64> {
 /// A voter of an `n`-voter cluster restarting in `term` (without a vote) with a log of `terms`.
 pub(super) fn restarted(c: CoreConfig, n: u64, term: u64, terms: &[u64]) -> Raft {
     let hard = HardState { current_term: Term(term), voted_for: None };
-    Raft::recover(c, hard, log_of(terms), voters(n))
+    Raft::recover(c, hard, log_of(terms), voters(n), None)
 }
 
 /// Server `c.id` (not 2) of an `n`-voter cluster, made leader of term 1 by votes from the
