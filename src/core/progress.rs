@@ -122,12 +122,14 @@ impl Progress {
             Some(SnapshotSend { index, next_offset: 0, acked_offset: 0, inflight: 0, sent_last: false });
     }
 
-    /// In Snapshot state: rewinds to what the follower acknowledged, or to `offset` if it
-    /// asks for it (a lost chunk, or a follower that restarted and lost its partial copy).
+    /// In Snapshot state: resends from what the follower acknowledged, or from `offset` if
+    /// it says that is what it holds (a lost chunk or a lost ack; 0 after it restarted).
     pub fn rewind_snapshot(&mut self, offset: Option<u64>) {
         if let Some(t) = &mut self.snapshot {
-            t.next_offset = offset.unwrap_or(t.acked_offset);
-            t.acked_offset = t.acked_offset.min(t.next_offset);
+            if let Some(offset) = offset {
+                t.acked_offset = offset;
+            }
+            t.next_offset = t.acked_offset;
             t.inflight = 0;
             t.sent_last = false;
         }

@@ -145,13 +145,16 @@ impl Raft {
             }
             return;
         }
+        let size = self.snapshot.as_ref().map_or(0, |s| s.size);
         let Some(t) = pr.snapshot.as_mut().filter(|t| t.index == r.index) else { return };
         pr.acked_since_heartbeat = true;
         if r.success {
             t.acked_offset = t.acked_offset.max(r.next_offset.min(t.next_offset));
             t.inflight = t.inflight.saturating_sub(1);
-        } else if r.next_offset <= t.next_offset {
-            pr.rewind_snapshot(Some(r.next_offset));
+        } else {
+            // Out of order at the follower: resume where it says it is (a stale answer
+            // only costs a resend; the next rejection corrects it).
+            pr.rewind_snapshot(Some(r.next_offset.min(size)));
         }
     }
 

@@ -38,25 +38,26 @@ impl Disk {
         }
     }
 
-    /// What a restart finds: the snapshot, and the log after it if it continues it.
+    /// What a restart finds.
     fn recovered(&self) -> Recovered {
-        let mut log = self.log.clone();
-        if let Some((info, _)) = &self.snapshot {
-            let (s, t) = (info.meta.index, info.meta.term);
-            if log.snapshot_index() <= s && log.term_at(s) == Some(t) {
-                log.compact_to(s);
-            } else {
-                assert!(log.snapshot_index() <= s, "the disk's log was compacted past its snapshot");
-                log = Log::new(s, t, Vec::new());
-            }
-        }
-        Recovered { hard_state: self.hard, log, snapshot: self.snapshot.as_ref().map(|(i, _)| i.clone()) }
+        let snapshot = self.snapshot.as_ref().map(|(i, _)| i.clone());
+        Recovered { hard_state: self.hard, log: self.log.clone(), snapshot }
     }
 
+    /// A durable snapshot replaces the log it covers, as a file storage's recovery reads
+    /// it: the log after the snapshot if it continues it, else none.
     fn make_current(&mut self, info: SnapshotInfo, bytes: Vec<u8>) {
-        if self.snapshot.as_ref().is_none_or(|(c, _)| c.meta.index < info.meta.index) {
-            self.snapshot = Some((info, Rc::new(bytes)));
+        if self.snapshot.as_ref().is_some_and(|(c, _)| c.meta.index >= info.meta.index) {
+            return;
         }
+        let (s, t) = (info.meta.index, info.meta.term);
+        assert!(self.log.snapshot_index() <= s, "the disk's log was compacted past a newer snapshot");
+        if self.log.term_at(s) == Some(t) {
+            self.log.compact_to(s);
+        } else {
+            self.log = Log::new(s, t, Vec::new());
+        }
+        self.snapshot = Some((info, Rc::new(bytes)));
     }
 }
 
@@ -214,13 +215,9 @@ impl Storage for SimStorage {
         // snapshot replaces the log it covers (or all of it).
         self.sync();
         let mut disk = self.disk.borrow_mut();
-        disk.make_current(order.info.clone(), std::mem::take(&mut self.receiving));
         let (s, t) = (order.info.meta.index, order.info.meta.term);
-        if order.keep_log_after && disk.log.term_at(s) == Some(t) {
-            disk.log.compact_to(s);
-        } else {
-            disk.log = Log::new(s, t, Vec::new());
-        }
+        assert_eq!(order.keep_log_after, disk.log.term_at(s) == Some(t), "the core and the disk disagree at {s}");
+        disk.make_current(order.info.clone(), std::mem::take(&mut self.receiving));
         Ok(())
     }
 

@@ -25,12 +25,18 @@ const TABLE: [u32; 256] = {
 
 /// The CRC-32C of `bytes`.
 pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
-    !bytes.iter().fold(!0u32, |crc, &b| TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8))
+    crc32c_append(0, bytes)
+}
+
+/// The CRC-32C of some bytes followed by `bytes`, given `crc`, the CRC-32C of the former:
+/// a stream (a snapshot) is checksummed piece by piece, never held whole.
+pub(crate) fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
+    !bytes.iter().fold(!crc, |crc, &b| TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::crc32c;
+    use super::{crc32c, crc32c_append};
 
     /// Known answers from RFC 3720 (iSCSI), appendix B.4, and the usual check value.
     #[test]
@@ -43,5 +49,13 @@ mod tests {
         assert_eq!(crc32c(&ascending), 0x46DD_794E);
         let descending: Vec<u8> = (0..32).rev().collect();
         assert_eq!(crc32c(&descending), 0x113F_DB5C);
+    }
+
+    #[test]
+    fn appending_piece_by_piece_equals_the_whole() {
+        let bytes: Vec<u8> = (0..1000u32).map(|k| (k * 7 % 251) as u8).collect();
+        for cut in [0, 1, 17, 500, 999, 1000] {
+            assert_eq!(crc32c_append(crc32c(&bytes[..cut]), &bytes[cut..]), crc32c(&bytes), "cut at {cut}");
+        }
     }
 }

@@ -1,36 +1,65 @@
 //! Durable storage in a directory (`Config::data_dir`): a segmented, append-only log of
-//! checksummed records, group-committed with one `fdatasync` per turn of the node.
+//! checksummed records, group-committed with one `fdatasync` per turn of the node, and
+//! snapshot files beside it.
 //!
 //! The directory holds `LOCK` (held exclusively while a node runs on it), `IDENTITY` (the
-//! cluster id, node id and incarnation, written atomically) and the segments `<seq>.log`.
-//! Each batch becomes records appended to the last segment (as etcd's WAL does): the first
-//! carries the batch's hard state and its `from`, so truncation on conflict is a record
-//! too and nothing is ever rewritten in place; recovery replays them in order. Each
-//! segment starts with a record of the hard state so far, so a segment never depends on
-//! an older one for it (compaction will drop old segments).
+//! cluster id, node id and incarnation, written atomically), the segments `<seq>.log` and
+//! the snapshots `snapshot-<index>.snap`. Each batch becomes records appended to the last
+//! segment (as etcd's WAL does): the first carries the batch's hard state and its `from`,
+//! so truncation on conflict is a record too and nothing is ever rewritten in place;
+//! recovery replays them in order. Each segment starts with a record of the hard state so
+//! far, so a segment never depends on an older one for it, and compaction can delete old
+//! segments whole.
 //!
-//! Failure rules: after any failed write or sync the storage refuses everything (it never
-//! retries a sync and trusts it: after a failed `fsync` the kernel may have dropped the
-//! dirty pages and a later `fsync` succeeds without them — PostgreSQL's "fsyncgate",
-//! 2018). What is on disk stays readable: at worst a torn tail, which recovery drops.
+//! Snapshots (format in `snapshot.rs`): a save streams to `snapshot.tmp` on a thread of its
+//! own, a transfer from the leader to `incoming.tmp`; each is fsynced and only then renamed
+//! to its final name (and the directory fsynced), so a file with a final name is complete
+//! and durable, and a half-written or half-received one never replaces a good one. At
+//! start the newest snapshot whose checksums verify is current (a corrupt newer one is
+//! reported and set aside), the log is replayed, and entries the snapshot covers are
+//! dropped; the log after it must follow it without a gap, or start fails naming the file.
+//!
+//! Ordering rules, so a crash at any point leaves a state recovery accepts:
+//! - a log segment is deleted only once a durable snapshot covers every entry in it, and
+//!   only once the active segment (whose first record holds the hard state) is durable;
+//!   segments are deleted oldest first, each deletion made durable before the next, so the
+//!   segments on disk are always a suffix of those written;
+//! - installing a received snapshot first makes durable every batch handed over before it
+//!   (and, if the log is not kept after the snapshot, a record dropping it from the
+//!   snapshot's index), then the snapshot, then a fresh segment holding the hard state, and
+//!   only then deletes the log it replaces.
+//!
+//! Failure rules: after any failed write or sync of the log, or of a snapshot being
+//! installed, the storage refuses everything (it never retries a sync and trusts it: after
+//! a failed `fsync` the kernel may have dropped the dirty pages and a later `fsync`
+//! succeeds without them — PostgreSQL's "fsyncgate", 2018). A failed save of a snapshot
+//! only fails that save (nothing acknowledged rests on it; its file is deleted), unless the
+//! directory's own fsync failed, which the log's files depend on too. What is on disk
+//! stays readable: at worst a torn tail, which recovery drops, or a temporary, which it
+//! deletes.
 
+mod compact;
 mod crc;
 mod dir;
 mod record;
+mod replay;
 mod segment;
+mod snapshot;
 mod sync;
 
 pub use sync::{StorageFaults, sync_count};
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Recovered, Storage};
-use crate::core::{Entry, HardState, Log, LogIndex, NodeId, Term};
+use crate::core::{Entry, HardState, InstallSnapshotOrder, LogIndex, NodeId, SnapshotChunk, SnapshotInfo, SnapshotMeta};
+use crate::state_machine::Snapshot;
 use dir::Identity;
-use record::Record;
+use replay::Replay;
 
 /// Default size at which the log moves on to a new segment.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
@@ -60,6 +89,17 @@ struct Active {
     file: File,
     /// Bytes in the file. Invariant: every byte up to here is durable after each flush.
     len: u64,
+    /// The highest index of an entry written to it (0 for none).
+    max_index: u64,
+}
+
+/// A segment no longer appended to.
+#[derive(Clone, Copy, Debug)]
+struct Closed {
+    seq: u64,
+    /// The highest index of an entry in it (0 for none): once a durable snapshot covers
+    /// it, the segment holds nothing recovery needs.
+    max_index: u64,
 }
 
 /// A [`Storage`] in a directory; see the module docs for the format and the rules.
@@ -92,6 +132,18 @@ pub struct FileStorage {
     synced: u64,
     /// Why the storage refuses everything, after a failed write or sync.
     failed: Option<String>,
+    /// The closed segments, oldest first (one per file: bounded by what compaction leaves).
+    closed: VecDeque<Closed>,
+    /// The index of the last entry of the log as handed over (pending records included).
+    log_last: u64,
+    /// The highest index of an entry in `pending` (0 for none).
+    pending_max: u64,
+    /// The newest complete, durable snapshot.
+    current: Option<snapshot::Current>,
+    /// The save in progress, if any.
+    saving: Option<snapshot::Saving>,
+    /// The snapshot being received, if any.
+    receiving: Option<snapshot::Receiving>,
 }
 
 impl std::fmt::Debug for FileStorage {
@@ -102,6 +154,7 @@ impl std::fmt::Debug for FileStorage {
             .field("appended", &self.appended)
             .field("synced", &self.synced)
             .field("failed", &self.failed)
+            .field("snapshot", &self.current.as_ref().map(|c| c.info.meta.index))
             .finish_non_exhaustive()
     }
 }
@@ -112,8 +165,10 @@ impl FileStorage {
     ///
     /// Errors, each naming the path: the directory is locked by another node; it belongs to
     /// another node id or cluster id; it has log segments but no identity; a record before
-    /// the tail is corrupt (with the file and offset). A torn tail (a crash mid-write) is
-    /// not an error: it is truncated and logged at `warn`.
+    /// the tail is corrupt (with the file and offset); the log does not follow the newest
+    /// valid snapshot (a gap). A torn tail (a crash mid-write) is not an error: it is
+    /// truncated and logged at `warn`; nor is a corrupt snapshot when an older one and the
+    /// log still cover what it did (logged at `warn`, the file renamed `*.corrupt`).
     pub fn open(dir: &Path, cluster_id: &str, node_id: NodeId, options: FileOptions) -> io::Result<FileStorage> {
         let context = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(|e| context("cannot create data dir", e))?;
@@ -161,40 +216,64 @@ impl FileStorage {
             log_syncs: 0,
             synced: 0,
             failed: None,
+            closed: VecDeque::new(),
+            log_last: 0,
+            pending_max: 0,
+            current: None,
+            saving: None,
+            receiving: None,
         };
-        storage.load(&segments)?;
+        let found = snapshot::find(dir).map_err(|e| context("cannot list the snapshots in", e))?;
+        storage.load(&segments, found)?;
         Ok(storage)
     }
 
-    /// Reads every segment, replays its records, and opens the last one for appending.
-    fn load(&mut self, segments: &[(u64, PathBuf)]) -> io::Result<()> {
-        let mut replay = Replay::default();
+    /// Reads every segment, replays its records, fits the log to the snapshot `found`, and
+    /// opens the last segment for appending.
+    fn load(&mut self, segments: &[(u64, PathBuf)], found: snapshot::Found) -> io::Result<()> {
+        let base = found.current.as_ref().map(|c| (c.info.meta.index, c.info.meta.term));
+        let mut replay = Replay::new(base.map_or(LogIndex(0), |b| b.0));
         for (k, (seq, path)) in segments.iter().enumerate() {
             let is_last = k + 1 == segments.len();
             let bytes = std::fs::read(path)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
             let scanned = segment::scan(path, &bytes, is_last)?;
+            let mut max_index = 0;
             for (offset, record) in scanned.records {
-                replay.apply(record).map_err(|why| segment::corrupt(path, offset, &why))?;
+                max_index = record.entries.last().map_or(max_index, |e| e.index.0.max(max_index));
+                replay.apply(record).map_err(|why| {
+                    segment::corrupt(path, offset, &format!("{why}{}", found.corrupt_note()))
+                })?;
             }
             self.next_seq = seq + 1;
             if !is_last {
+                self.closed.push_back(Closed { seq: *seq, max_index });
                 continue;
             }
             if let Some(why) = &scanned.torn {
                 log::warn!("node {}: {why}", self.identity.node_id);
             }
-            self.reopen_last(*seq, path, scanned.valid_len, scanned.torn.is_some())?;
+            self.reopen_last(*seq, path, scanned.valid_len, scanned.torn.is_some(), max_index)?;
         }
         self.hard_state = replay.hard_state;
         self.flushed_hard_state = replay.hard_state;
-        let log = Log::new(LogIndex(0), Term(0), replay.entries);
-        self.recovered = Some(Recovered { hard_state: replay.hard_state, log, snapshot: None });
+        self.log_last = replay.last_index();
+        let fitted = replay.fit(base).map_err(|why| {
+            let at = found.current.as_ref().map_or(self.dir.clone(), |c| c.path.clone());
+            let why = format!("{}: {why}{}", at.display(), found.corrupt_note());
+            io::Error::new(io::ErrorKind::InvalidData, why)
+        })?;
+        if fitted.contradicted {
+            self.repair_contradiction(fitted.log.snapshot_index())?;
+        }
+        self.current = found.tidy(&self.dir);
+        let snapshot = self.current.as_ref().map(|c| c.info.clone());
+        self.recovered = Some(Recovered { hard_state: self.hard_state, log: fitted.log, snapshot });
         Ok(())
     }
 
     /// Makes the last segment the active one, cutting a torn tail off first.
-    fn reopen_last(&mut self, seq: u64, path: &Path, valid_len: u64, torn: bool) -> io::Result<()> {
+    fn reopen_last(&mut self, seq: u64, path: &Path, valid_len: u64, torn: bool, max_index: u64) -> io::Result<()> {
         let context = |e: io::Error| io::Error::new(e.kind(), format!("cannot repair {}: {e}", path.display()));
         if valid_len < segment::MAGIC.len() as u64 {
             // Not even a header: start this segment afresh at the next flush.
@@ -208,7 +287,7 @@ impl FileStorage {
             file.set_len(valid_len).map_err(context)?;
             sync::sync_data(&file, None).map_err(context)?;
         }
-        let mut active = Active { seq, file, len: valid_len };
+        let mut active = Active { seq, file, len: valid_len, max_index };
         io::Seek::seek(&mut active.file, io::SeekFrom::Start(valid_len)).map_err(context)?;
         self.active = Some(active);
         Ok(())
