@@ -21,6 +21,11 @@ pub struct Status {
     pub applied_index: u64,
     /// Index of the last log entry.
     pub last_log_index: u64,
+    /// Index of the latest snapshot this node holds (0 if none): its log was compacted.
+    pub snapshot_index: u64,
+    /// How many entries its log holds in memory (after compaction, those since the
+    /// snapshot and a trailing window before it).
+    pub log_entries: u64,
     /// Members of the latest configuration in this node's log.
     pub members: Vec<Member>,
     /// Whether that configuration is committed (as far as this node knows).

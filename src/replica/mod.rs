@@ -284,6 +284,8 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             commit_index: core.commit_index().0,
             applied_index: self.applied.0,
             last_log_index: core.log().last_index().0,
+            snapshot_index: core.snapshot().map_or(0, |s| s.meta.index.0),
+            log_entries: core.log().entries().len() as u64,
             members,
             membership_committed: core.membership_index() <= core.commit_index(),
             refused: None,

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A state machine that records every command, so tests can compare order across nodes.
-#[derive(Default, Debug)]
+/// It has snapshots (`Config`'s default thresholds are far beyond most tests).
+#[derive(Clone, Default, Debug, Serialize, Deserialize)]
 pub struct Recorder {
     pub applied: Vec<u64>,
 }
@@ -43,6 +44,7 @@ impl StateMachine for Recorder {
         }
         self.applied.len()
     }
+    quorate::serde_snapshots!();
 }
 
 /// Waits until `cond` holds, checking every few milliseconds, or panics after `PATIENCE`.

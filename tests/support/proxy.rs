@@ -21,6 +21,8 @@ struct Inner {
     /// Connections forwarded so far, and forwarding directions that ended.
     forwarded: AtomicUsize,
     ended: AtomicUsize,
+    /// Bytes forwarded from the dialer to the target.
+    bytes: AtomicUsize,
 }
 
 /// Forwards bytes both ways between whoever connects to [`Proxy::addr`] and `target`.
@@ -42,6 +44,7 @@ impl Proxy {
             conns: Mutex::new(Vec::new()),
             forwarded: AtomicUsize::new(0),
             ended: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
         });
         let acceptor = {
             let inner = inner.clone();
@@ -68,6 +71,11 @@ impl Proxy {
     pub fn connections(&self) -> (usize, usize) {
         let ended = self.inner.ended.load(Ordering::SeqCst);
         (self.inner.forwarded.load(Ordering::SeqCst), ended.div_ceil(2))
+    }
+
+    /// Bytes forwarded so far from whoever dialed to the target.
+    pub fn bytes_forwarded(&self) -> usize {
+        self.inner.bytes.load(Ordering::SeqCst)
     }
 
     /// Forwards new connections again.
@@ -130,18 +138,18 @@ fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
         inner.forwarded.fetch_add(1, Ordering::SeqCst);
         let (i1, i2) = (inner.clone(), inner.clone());
         std::thread::spawn(move || {
-            pump(client, s2);
+            pump(client, s2, Some(&i1.bytes));
             i1.ended.fetch_add(1, Ordering::SeqCst);
         });
         std::thread::spawn(move || {
-            pump(server, c2);
+            pump(server, c2, None);
             i2.ended.fetch_add(1, Ordering::SeqCst);
         });
     }
 }
 
 /// Copies `from` to `to` until either side fails or closes, then closes both.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
+fn pump(mut from: TcpStream, mut to: TcpStream, count: Option<&AtomicUsize>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from.read(&mut buf) {
@@ -149,6 +157,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
             Ok(n) => {
                 if to.write_all(&buf[..n]).is_err() {
                     break;
+                }
+                if let Some(count) = count {
+                    count.fetch_add(n, Ordering::SeqCst);
                 }
             }
         }

@@ -13,3 +13,4 @@ pub(crate) mod harness;
 mod persistence;
 mod reads_and_membership;
 mod replication;
+mod snapshots;
