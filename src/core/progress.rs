@@ -24,10 +24,9 @@ pub struct SnapshotSend {
     pub index: LogIndex,
     /// Where the next chunk starts.
     pub next_offset: u64,
-    /// How far the follower acknowledged.
+    /// How far the follower acknowledged. What is in flight is counted in bytes from here
+    /// to `next_offset`, so a duplicated or lost answer cannot skew it.
     pub acked_offset: u64,
-    /// Chunks sent and not yet answered.
-    pub inflight: usize,
     /// The last chunk was sent (a zero-byte snapshot still has one chunk).
     pub sent_last: bool,
 }
@@ -119,7 +118,7 @@ impl Progress {
         self.inflight.clear();
         self.probe_sent = false;
         self.snapshot =
-            Some(SnapshotSend { index, next_offset: 0, acked_offset: 0, inflight: 0, sent_last: false });
+            Some(SnapshotSend { index, next_offset: 0, acked_offset: 0, sent_last: false });
     }
 
     /// In Snapshot state: resends from what the follower acknowledged, or from `offset` if
@@ -130,7 +129,6 @@ impl Progress {
                 t.acked_offset = offset;
             }
             t.next_offset = t.acked_offset;
-            t.inflight = 0;
             t.sent_last = false;
         }
     }

@@ -200,8 +200,10 @@ impl Raft {
                 let next = pr.match_index.next();
                 pr.become_probe(next);
             }
-            if pr.snapshot.is_some_and(|t| t.inflight > 0) && !pr.acked_since_heartbeat {
-                pr.rewind_snapshot(None); // chunks lost: resume from the last acknowledged byte
+            if pr.snapshot.is_some() && !pr.acked_since_heartbeat {
+                // No answer for a heartbeat interval: chunks or answers were lost (or the
+                // connection dropped); resume from the last acknowledged byte.
+                pr.rewind_snapshot(None);
             }
             pr.acked_since_heartbeat = false;
             // A probe that got no answer is retried once per heartbeat.

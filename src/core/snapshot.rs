@@ -115,13 +115,12 @@ impl Raft {
             pr.become_snapshot(info.meta.index);
         }
         let t = pr.snapshot.as_mut().expect("in snapshot state");
-        if t.sent_last || t.inflight >= max_inflight {
+        if t.sent_last || t.next_offset.saturating_sub(t.acked_offset) >= max_inflight.saturating_mul(chunk) as u64 {
             return false;
         }
         let offset = t.next_offset.min(info.size);
         let is = InstallSnapshot { meta: info.meta, size: info.size, offset, data: Vec::new() };
         t.next_offset = offset + is.chunk_len(chunk) as u64;
-        t.inflight += 1;
         t.sent_last = t.next_offset == info.size;
         self.send(to, MessageKind::InstallSnapshot(is));
         true
@@ -150,7 +149,6 @@ impl Raft {
         pr.acked_since_heartbeat = true;
         if r.success {
             t.acked_offset = t.acked_offset.max(r.next_offset.min(t.next_offset));
-            t.inflight = t.inflight.saturating_sub(1);
         } else {
             // Out of order at the follower: resume where it says it is (a stale answer
             // only costs a resend; the next rejection corrects it).
