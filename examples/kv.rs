@@ -37,8 +37,9 @@ use std::time::{Duration, Instant};
 use quorate::{Client, Config, Error, Node, NodeId, Role, StateMachine};
 use serde::{Deserialize, Serialize};
 
-/// The replicated state: a sorted map of strings.
-#[derive(Default, Debug)]
+/// The replicated state: a sorted map of strings. It has snapshots, so the log is
+/// compacted (and, with `--data-dir`, a restarted node loads its latest snapshot).
+#[derive(Clone, Default, Debug, Serialize, Deserialize)]
 struct Kv {
     map: BTreeMap<String, String>,
 }
@@ -86,6 +87,8 @@ impl StateMachine for Kv {
             }
         }
     }
+
+    quorate::serde_snapshots!();
 }
 
 const USAGE: &str = "\
