@@ -48,7 +48,10 @@ impl StateMachine for Uncompacted {
 
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok());
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok());
     kib.unwrap_or(0.0) / 1024.0
 }
 
@@ -85,7 +88,10 @@ fn run<M: StateMachine<Command = Set> + Default>(secs: u64) {
         })
         .collect();
     let started = Instant::now();
-    println!("{:>6} {:>12} {:>10} {:>9} {:>12} {:>12}", "secs", "writes", "writes/s", "RSS MiB", "log entries", "snapshot at");
+    println!(
+        "{:>6} {:>12} {:>10} {:>9} {:>12} {:>12}",
+        "secs", "writes", "writes/s", "RSS MiB", "log entries", "snapshot at"
+    );
     let mut last = (0, Instant::now());
     while started.elapsed() < Duration::from_secs(secs) {
         std::thread::sleep(Duration::from_secs(10).min(Duration::from_secs(secs)));

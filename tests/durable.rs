@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use quorate::core::{Entry, HardState, LogIndex, Payload, Term};
 use quorate::storage::{FileOptions, FileStorage, Storage, StorageFaults};
-use quorate::{Error, Node};
+use quorate::{Error, Node, NodeId};
 use support::cluster::{Cmd, Recorder, listeners, test_config, wait_until};
 use support::durable::DurableCluster;
 
@@ -153,6 +153,73 @@ fn a_failed_fsync_stops_the_node_with_storage_failed_and_loses_nothing_acknowled
 #[test]
 fn a_full_disk_stops_the_node_with_storage_failed_and_leaves_the_dir_readable() {
     storage_failure(StorageFaults::fail_writes);
+}
+
+// ---------------------------------------------------------------------------------------
+// Snapshots on disk, through whole nodes.
+
+/// Node `id` of `dc`, taking a snapshot every 20 entries and keeping 5 behind it.
+fn start_compacting(dc: &mut DurableCluster, id: NodeId, listener: std::net::TcpListener) {
+    let config = dc.config(id).snapshot_threshold(20, u64::MAX).snapshot_keep_entries(5);
+    let node = Node::start_with_listener(config, listener, Recorder::default()).expect("start node");
+    dc.cluster.nodes.insert(id, node);
+}
+
+/// The snapshot files in node `id`'s directory.
+fn snapshot_files(dc: &DurableCluster, id: NodeId) -> Vec<String> {
+    let names = std::fs::read_dir(dc.dir(id)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap());
+    names.filter(|n| n.starts_with("snapshot")).collect()
+}
+
+fn snapshot_index(dc: &DurableCluster, id: NodeId) -> u64 {
+    dc.cluster.client(id).status().map_or(0, |s| s.snapshot_index)
+}
+
+/// Nodes that compact restart from their snapshot files; a follower left behind the
+/// leader's compacted log gets the snapshot, installs it on disk, and restarts from it.
+#[test]
+fn compacting_nodes_restart_from_their_snapshots_and_a_follower_left_behind_installs_one() {
+    let mut dc = DurableCluster::start(3);
+    for id in 1..=3 {
+        dc.cluster.stop(id);
+        let listener = std::net::TcpListener::bind(dc.cluster.addrs[&id]).unwrap();
+        start_compacting(&mut dc, id, listener);
+    }
+    let leader = dc.cluster.stable_leader();
+    let mut acked = Vec::new();
+    dc.cluster.write_and_check(leader, 1..=60, &mut acked);
+    dc.cluster.await_applied_everywhere(&acked);
+    for id in 1..=3 {
+        // One file: older snapshots are deleted once a newer one is current.
+        wait_until(&format!("node {id} holds one snapshot, past 40"), || {
+            snapshot_index(&dc, id) >= 40 && snapshot_files(&dc, id).len() == 1
+        });
+    }
+
+    let behind = leader % 3 + 1;
+    dc.cluster.stop(behind);
+    let others: Vec<NodeId> = dc.cluster.nodes.keys().copied().collect();
+    let leader = dc.cluster.leader_among(&others);
+    dc.cluster.write_and_check(leader, 61..=150, &mut acked);
+    wait_until("the leader compacted past what the follower holds", || snapshot_index(&dc, leader) >= 100);
+    let listener = std::net::TcpListener::bind(dc.cluster.addrs[&behind]).unwrap();
+    start_compacting(&mut dc, behind, listener);
+    dc.cluster.await_applied_everywhere(&acked);
+    wait_until("the follower holds a snapshot past 100", || snapshot_index(&dc, behind) >= 100);
+
+    // Everyone at once: each comes back from its snapshot file and the log after it.
+    for id in 1..=3 {
+        dc.cluster.stop(id);
+    }
+    for id in 1..=3 {
+        let listener = std::net::TcpListener::bind(dc.cluster.addrs[&id]).unwrap();
+        start_compacting(&mut dc, id, listener);
+        assert!(snapshot_index(&dc, id) >= 100, "node {id} restarted without its snapshot");
+    }
+    let leader = dc.cluster.stable_leader();
+    assert_eq!(applied_on(&dc, leader), acked, "a restart lost or reordered acknowledged writes");
+    dc.cluster.write_and_check(leader, 151..=160, &mut acked);
+    dc.cluster.await_applied_everywhere(&acked);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -62,8 +62,9 @@ fn a_learner_added_after_compaction_catches_up_by_snapshot_across_a_cut() {
 
     let l4 = listeners(1).pop().unwrap();
     let proxy = Proxy::start(l4.local_addr().unwrap());
-    let node4 = Node::start_with_listener(compacting(test_config(4, l4.local_addr().unwrap())).join(), l4, Recorder::default())
-        .expect("start node 4");
+    let node4 =
+        Node::start_with_listener(compacting(test_config(4, l4.local_addr().unwrap())).join(), l4, Recorder::default())
+            .expect("start node 4");
     let adder = {
         let client = leader_client.clone();
         let addr = proxy.addr();

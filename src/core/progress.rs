@@ -117,8 +117,7 @@ impl Progress {
         self.state = ReplicationState::Snapshot;
         self.inflight.clear();
         self.probe_sent = false;
-        self.snapshot =
-            Some(SnapshotSend { index, next_offset: 0, acked_offset: 0, sent_last: false });
+        self.snapshot = Some(SnapshotSend { index, next_offset: 0, acked_offset: 0, sent_last: false });
     }
 
     /// In Snapshot state: resends from what the follower acknowledged, or from `offset` if

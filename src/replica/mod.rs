@@ -86,6 +86,8 @@ pub struct Replica<M: StateMachine, S: Storage, C: Channel> {
     snapshot_saving: bool,
     /// Bytes of entries applied since the last snapshot was taken.
     applied_bytes_since: u64,
+    /// No snapshot is taken before this applied index (set after a failed one).
+    snapshot_not_before: LogIndex,
 }
 
 impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
@@ -117,10 +119,14 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             members_changed: true,
             snapshot_saving: false,
             applied_bytes_since: 0,
+            snapshot_not_before: LogIndex(0),
         };
         if applied > LogIndex(0) {
             replica.restore_from_storage().map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot restore the state machine from the snapshot at {applied}: {e}"))
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot restore the state machine from the snapshot at {applied}: {e}"),
+                )
             })?;
         }
         Ok(replica)

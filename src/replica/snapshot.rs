@@ -4,7 +4,7 @@
 
 use super::Replica;
 use super::reply::Channel;
-use crate::core::{Envelope, InstallSnapshotOrder, MessageKind, SnapshotChunk, SnapshotMeta};
+use crate::core::{Envelope, InstallSnapshotOrder, LogIndex, MessageKind, SnapshotChunk, SnapshotMeta};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
 
@@ -35,23 +35,32 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         }
         let last = self.core.snapshot().map_or(self.core.log().snapshot_index(), |s| s.meta.index);
         let c = self.cfg.compaction;
-        if self.applied.0 - last.0.min(self.applied.0) < c.entries && self.applied_bytes_since < c.bytes {
+        if self.applied.0 - last.0.min(self.applied.0) < c.entries && self.applied_bytes_since < c.bytes
+            || self.applied < self.snapshot_not_before
+        {
             return;
         }
         let index = self.applied;
         let Some(term) = self.core.log().term_at(index) else { return };
+        self.applied_bytes_since = 0;
         let Some(capture) = self.machine.snapshot() else {
             log::warn!("node {}: the state machine declares snapshots but returned none", self.core.id());
-            self.applied_bytes_since = 0;
-            return;
+            return self.retry_snapshot_later();
         };
         let meta = SnapshotMeta { index, term, membership: self.core.membership_at(index) };
-        self.applied_bytes_since = 0;
         match self.storage.save_snapshot(meta, capture) {
             Ok(()) => self.snapshot_saving = true,
-            // Not a safety matter: the log stays longer until the next attempt succeeds.
-            Err(e) => log::error!("node {}: cannot save a snapshot at {index}: {e}", self.core.id()),
+            Err(e) => {
+                log::error!("node {}: cannot save a snapshot at {index}: {e}", self.core.id());
+                self.retry_snapshot_later();
+            }
         }
+    }
+
+    /// After a failed snapshot, the next attempt waits for another threshold's worth of
+    /// entries. Not a safety matter: the log only stays longer meanwhile.
+    fn retry_snapshot_later(&mut self) {
+        self.snapshot_not_before = LogIndex(self.applied.0.saturating_add(self.cfg.compaction.entries));
     }
 
     /// Compacts the log once storage says a snapshot is saved.
@@ -60,7 +69,10 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         self.snapshot_saving = false;
         let info = match saved {
             Ok(info) => info,
-            Err(e) => return log::error!("node {}: saving a snapshot failed: {e}", self.core.id()),
+            Err(e) => {
+                log::error!("node {}: saving a snapshot failed: {e}", self.core.id());
+                return self.retry_snapshot_later();
+            }
         };
         log::debug!("node {}: snapshot at {} saved ({} bytes)", self.core.id(), info.meta.index, info.size);
         let point = self.core.on_snapshot_saved(info, self.cfg.compaction.keep_entries);

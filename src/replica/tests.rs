@@ -210,3 +210,115 @@ fn a_command_larger_than_a_batch_is_refused() {
     assert!(matches!(answer.wait(Duration::ZERO), Err(crate::Error::TooLarge { bytes: 65, max: 64 })));
     assert_eq!(r.core().log().last_index(), last, "nothing proposed");
 }
+
+/// Counts its commands; has snapshots.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Tally(u64);
+impl StateMachine for Tally {
+    type Command = ();
+    type Response = u64;
+    fn apply(&mut self, _: ()) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+    crate::serde_snapshots!();
+}
+
+/// Memory storage whose snapshot saves fail (a full disk), counting the attempts.
+#[derive(Default)]
+struct NoRoomForSnapshots {
+    inner: crate::storage::MemoryStorage,
+    attempts: u64,
+}
+
+impl Storage for NoRoomForSnapshots {
+    fn recover(&mut self) -> io::Result<Recovered> {
+        self.inner.recover()
+    }
+    fn append(&mut self, h: Option<HardState>, from: Option<LogIndex>, e: &[Entry]) -> io::Result<()> {
+        self.inner.append(h, from, e)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+    fn synced(&self) -> u64 {
+        self.inner.synced()
+    }
+    fn save_snapshot(&mut self, _: crate::core::SnapshotMeta, _: crate::Snapshot) -> io::Result<()> {
+        self.attempts += 1;
+        Err(io::Error::other("no space left on device"))
+    }
+    fn poll_snapshot(&mut self) -> Option<io::Result<crate::core::SnapshotInfo>> {
+        None
+    }
+    fn read_snapshot(&mut self, i: LogIndex, o: u64, b: &mut [u8]) -> io::Result<()> {
+        self.inner.read_snapshot(i, o, b)
+    }
+    fn open_snapshot(&mut self) -> io::Result<Box<dyn io::Read + '_>> {
+        self.inner.open_snapshot()
+    }
+    fn receive_snapshot(&mut self, c: &crate::core::SnapshotChunk) -> io::Result<()> {
+        self.inner.receive_snapshot(c)
+    }
+    fn install_snapshot(&mut self, o: &crate::core::InstallSnapshotOrder) -> io::Result<()> {
+        self.inner.install_snapshot(o)
+    }
+    fn compact(&mut self, t: LogIndex) -> io::Result<()> {
+        self.inner.compact(t)
+    }
+}
+
+fn tally_voter<S: Storage>(storage: S) -> Replica<Tally, S, Local> {
+    let cfg = ReplicaConfig {
+        core: CoreConfig::new(1),
+        initial: Membership::with_voters([(1, "n1".to_string())]),
+        tick: Duration::from_millis(10),
+        request_timeout: Duration::from_secs(1),
+        apply_entries_max: 16,
+        compaction: super::Compaction { entries: 4, bytes: u64::MAX, keep_entries: 1 },
+        apply_time_max: None,
+    };
+    let mut r = Replica::new(cfg, storage, Tally::default()).unwrap();
+    r.on_request(Request::TriggerElection { reply: crate::runtime::request::reply_slot().0 });
+    r.advance();
+    assert_eq!(r.core().role(), Role::Leader);
+    r
+}
+
+fn tally<S: Storage>(r: &mut Replica<Tally, S, Local>) {
+    let (reply, _answer) = crate::runtime::request::reply_slot();
+    r.on_request(Request::Write { command: rmp_serde::to_vec(&()).unwrap(), reply });
+    r.advance();
+}
+
+/// Once saved, a snapshot compacts the log, keeping the window before it.
+#[test]
+fn a_saved_snapshot_compacts_the_log() {
+    let mut r = tally_voter(crate::storage::MemoryStorage::default());
+    for _ in 0..5 {
+        tally(&mut r);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while r.core().snapshot().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the snapshot thread never finished");
+        std::thread::yield_now();
+        r.advance();
+    }
+    let s = r.core().snapshot().unwrap().meta.index;
+    assert_eq!(s, LogIndex(4), "taken once 4 entries were applied (the no-op and 3 commands)");
+    assert_eq!(r.core().log().snapshot_index(), LogIndex(s.0 - 1), "one entry kept before it");
+}
+
+/// A snapshot that cannot be saved is retried only after another threshold's worth of
+/// entries, not on every turn.
+#[test]
+fn a_failed_snapshot_is_retried_after_another_threshold() {
+    let mut r = tally_voter(NoRoomForSnapshots::default());
+    for _ in 0..12 {
+        tally(&mut r);
+    }
+    let attempts = r.storage().attempts;
+    assert!((2..=3).contains(&attempts), "{attempts} attempts in 12 writes at a threshold of 4");
+    assert!(r.poisoned().is_none(), "a failed snapshot is no reason to stop");
+    assert_eq!(r.core().log().snapshot_index(), LogIndex(0));
+}

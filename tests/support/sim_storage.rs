@@ -196,7 +196,8 @@ impl Storage for SimStorage {
     }
 
     fn open_snapshot(&mut self) -> io::Result<Box<dyn Read + '_>> {
-        let bytes = self.disk.borrow().snapshot.as_ref().map(|(_, b)| b.clone()).ok_or_else(|| io::Error::other("none"))?;
+        let bytes =
+            self.disk.borrow().snapshot.as_ref().map(|(_, b)| b.clone()).ok_or_else(|| io::Error::other("none"))?;
         Ok(Box::new(io::Cursor::new(bytes.to_vec())))
     }
 

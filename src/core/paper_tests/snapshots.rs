@@ -174,5 +174,9 @@ fn compaction_keeps_a_window_and_the_configuration_at_its_start() {
     assert_eq!(point, LogIndex(4), "two entries are kept before the snapshot's index");
     assert_eq!(l.log().snapshot_index(), LogIndex(4));
     assert!(l.base_membership().learners.contains_key(&4));
-    assert_eq!(l.on_snapshot_saved(SnapshotInfo { meta: meta(5, 1, 3), size: 1 }, 0), LogIndex(4), "an older one is ignored");
+    assert_eq!(
+        l.on_snapshot_saved(SnapshotInfo { meta: meta(5, 1, 3), size: 1 }, 0),
+        LogIndex(4),
+        "an older one is ignored"
+    );
 }

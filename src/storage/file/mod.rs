@@ -56,7 +56,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Recovered, Storage};
-use crate::core::{Entry, HardState, InstallSnapshotOrder, LogIndex, NodeId, SnapshotChunk, SnapshotInfo, SnapshotMeta};
+use crate::core::{
+    Entry, HardState, InstallSnapshotOrder, LogIndex, NodeId, SnapshotChunk, SnapshotInfo, SnapshotMeta,
+};
 use crate::state_machine::Snapshot;
 use dir::Identity;
 use replay::Replay;
@@ -241,9 +243,9 @@ impl FileStorage {
             let mut max_index = 0;
             for (offset, record) in scanned.records {
                 max_index = record.entries.last().map_or(max_index, |e| e.index.0.max(max_index));
-                replay.apply(record).map_err(|why| {
-                    segment::corrupt(path, offset, &format!("{why}{}", found.corrupt_note()))
-                })?;
+                replay
+                    .apply(record)
+                    .map_err(|why| segment::corrupt(path, offset, &format!("{why}{}", found.corrupt_note())))?;
             }
             self.next_seq = seq + 1;
             if !is_last {
@@ -254,6 +256,11 @@ impl FileStorage {
                 log::warn!("node {}: {why}", self.identity.node_id);
             }
             self.reopen_last(*seq, path, scanned.valid_len, scanned.torn.is_some(), max_index)?;
+        }
+        if !segments.is_empty() {
+            // Likewise for the names a crashed process created or renamed.
+            sync::sync_dir(&self.dir)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot sync {}: {e}", self.dir.display())))?;
         }
         self.hard_state = replay.hard_state;
         self.flushed_hard_state = replay.hard_state;
@@ -285,8 +292,10 @@ impl FileStorage {
         let file = OpenOptions::new().write(true).open(path).map_err(context)?;
         if torn {
             file.set_len(valid_len).map_err(context)?;
-            sync::sync_data(&file, None).map_err(context)?;
         }
+        // What a crashed process wrote but never synced may be only in the page cache: made
+        // durable before anything is acknowledged on the strength of having read it.
+        sync::sync_data(&file, None).map_err(context)?;
         let mut active = Active { seq, file, len: valid_len, max_index };
         io::Seek::seek(&mut active.file, io::SeekFrom::Start(valid_len)).map_err(context)?;
         self.active = Some(active);
@@ -328,6 +337,16 @@ impl FileStorage {
         }
         active.file.write_all(&self.pending)?;
         active.len += self.pending.len() as u64;
+        active.max_index = active.max_index.max(std::mem::take(&mut self.pending_max));
+        Ok(())
+    }
+
+    /// Writes the pending records (not synced), and notes what that covers.
+    fn write_out(&mut self) -> io::Result<()> {
+        self.write_pending()?;
+        self.pending.clear();
+        self.flushed_hard_state = self.hard_state;
+        self.written = self.appended;
         Ok(())
     }
 
@@ -364,17 +383,23 @@ impl FileStorage {
         self.failed.is_none() && self.written > self.synced
     }
 
-    /// Records a write or sync failure: from now on everything is refused.
+    /// Records a write or sync failure of the log: from now on everything is refused.
     fn fail(&mut self, doing: &str, e: io::Error) -> io::Error {
         let seq = self.active.as_ref().map_or(0, |a| a.seq);
-        let why = format!("{doing} log segment {} in {}: {e}", segment::name(seq), self.dir.display());
+        self.fail_with(&format!("{doing} log segment {} in {}", segment::name(seq), self.dir.display()), e)
+    }
+
+    /// Records a failure of `what`: from now on everything is refused.
+    fn fail_with(&mut self, what: &str, e: io::Error) -> io::Error {
+        let why = format!("{what}: {e}");
         log::error!("node {}: {why}; refusing all further writes", self.identity.node_id);
         self.failed = Some(why.clone());
         io::Error::new(e.kind(), why)
     }
 
     /// Creates the next segment with its header and the hard state so far (not yet
-    /// synced: the flush that follows syncs it with the records).
+    /// synced: the flush that follows syncs it with the records). The active one, if any,
+    /// is closed.
     fn start_segment(&mut self) -> io::Result<u64> {
         let seq = self.next_seq;
         let path = self.dir.join(segment::name(seq));
@@ -383,7 +408,10 @@ impl FileStorage {
         record::encode(&mut head, Some(self.flushed_hard_state), None, &[])?;
         file.write_all(&head)?;
         self.next_seq = seq + 1;
-        self.active = Some(Active { seq, file, len: head.len() as u64 });
+        let fresh = Active { seq, file, len: head.len() as u64, max_index: 0 };
+        if let Some(old) = self.active.replace(fresh) {
+            self.closed.push_back(Closed { seq: old.seq, max_index: old.max_index });
+        }
         log::debug!("node {}: started log segment {}", self.identity.node_id, path.display());
         Ok(seq)
     }
@@ -422,6 +450,13 @@ impl Storage for FileStorage {
         if let Some(hs) = hard_state {
             self.hard_state = hs;
         }
+        if let Some(from) = from {
+            self.log_last = from.0.saturating_sub(1);
+        }
+        if let Some(last) = entries.last() {
+            self.log_last = last.index.0;
+            self.pending_max = self.pending_max.max(last.index.0);
+        }
         self.appended += 1;
         Ok(())
     }
@@ -432,12 +467,9 @@ impl Storage for FileStorage {
             debug_assert_eq!(self.written, self.appended);
             return Ok(());
         }
-        if let Err(e) = self.write_pending() {
+        if let Err(e) = self.write_out() {
             return Err(self.fail("writing", e));
         }
-        self.pending.clear();
-        self.flushed_hard_state = self.hard_state;
-        self.written = self.appended;
         if !self.options.sync_after_send {
             self.sync_active().map_err(|e| self.fail("syncing", e))?;
             self.synced = self.written;
@@ -445,26 +477,78 @@ impl Storage for FileStorage {
         Ok(())
     }
 
-    fn save_snapshot(&mut self, _: crate::core::SnapshotMeta, _: crate::Snapshot) -> io::Result<()> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "TODO(snapshot helper)"))
-    }
-    fn poll_snapshot(&mut self) -> Option<io::Result<crate::core::SnapshotInfo>> {
-        None
-    }
-    fn read_snapshot(&mut self, _: LogIndex, _: u64, _: &mut [u8]) -> io::Result<()> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "TODO(snapshot helper)"))
-    }
-    fn open_snapshot(&mut self) -> io::Result<Box<dyn io::Read + '_>> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "TODO(snapshot helper)"))
-    }
-    fn receive_snapshot(&mut self, _: &crate::core::SnapshotChunk) -> io::Result<()> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "TODO(snapshot helper)"))
-    }
-    fn install_snapshot(&mut self, _: &crate::core::InstallSnapshotOrder) -> io::Result<()> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "TODO(snapshot helper)"))
-    }
-    fn compact(&mut self, _: LogIndex) -> io::Result<()> {
+    fn save_snapshot(&mut self, meta: SnapshotMeta, snapshot: Snapshot) -> io::Result<()> {
+        self.refuse()?;
+        if self.saving.is_some() {
+            return Err(io::Error::other("a snapshot is already being saved"));
+        }
+        let faults = self.options.faults.clone();
+        self.saving = Some(snapshot::Saving::start(&self.dir, meta, snapshot, faults)?);
         Ok(())
+    }
+
+    fn poll_snapshot(&mut self) -> Option<io::Result<SnapshotInfo>> {
+        if !self.saving.as_ref()?.is_finished() {
+            return None;
+        }
+        let saving = self.saving.take().expect("checked");
+        let index = saving.index;
+        Some(match saving.join(&self.dir) {
+            Ok(saved) => Ok(self.adopt_saved(saved)),
+            Err(e) if e.dir_unsure => {
+                let what = format!("syncing {} after saving snapshot {}", self.dir.display(), snapshot::name(index));
+                Err(self.fail_with(&what, e.error))
+            }
+            Err(e) => Err(io::Error::new(e.error.kind(), format!("saving snapshot {index}: {}", e.error))),
+        })
+    }
+
+    fn read_snapshot(&mut self, index: LogIndex, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let current = self.current.as_ref().ok_or_else(|| io::Error::other("no snapshot"))?;
+        if current.info.meta.index != index {
+            return Err(io::Error::other(format!("snapshot {index} was replaced by {}", current.info.meta.index)));
+        }
+        current.read_at(offset, buf)
+    }
+
+    fn open_snapshot(&mut self) -> io::Result<Box<dyn Read + '_>> {
+        let current = self.current.as_ref().ok_or_else(|| io::Error::other("no snapshot"))?;
+        Ok(Box::new(current.reader()?))
+    }
+
+    fn receive_snapshot(&mut self, chunk: &SnapshotChunk) -> io::Result<()> {
+        self.refuse()?;
+        if chunk.offset == 0 {
+            self.receiving = None;
+            self.receiving = Some(snapshot::Receiving::start(&self.dir, &chunk.meta)?);
+        }
+        let Some(receiving) = self.receiving.as_mut().filter(|r| r.expects(chunk)) else {
+            return Err(io::Error::other(format!("snapshot chunk at offset {} out of order", chunk.offset)));
+        };
+        if let Err(e) = receiving.append(chunk, self.options.faults.as_deref()) {
+            self.receiving = None; // the file no longer matches what was counted
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, order: &InstallSnapshotOrder) -> io::Result<()> {
+        self.install(order)
+    }
+
+    fn compact(&mut self, through: LogIndex) -> io::Result<()> {
+        self.refuse()?;
+        let covered = self.current.as_ref().map_or(LogIndex(0), |c| c.info.meta.index);
+        if through > covered {
+            // The caller's mistake, refused before anything is deleted.
+            return Err(io::Error::other(format!(
+                "cannot drop the log through {through}: the snapshot ends at {covered}"
+            )));
+        }
+        self.drop_segments_through(through).map_err(|e| {
+            let what = format!("dropping the log through {through} in {}", self.dir.display());
+            self.fail_with(&what, e)
+        })
     }
 
     fn synced(&self) -> u64 {
@@ -472,42 +556,17 @@ impl Storage for FileStorage {
     }
 }
 
-/// The log and hard state being rebuilt from records.
-#[derive(Default)]
-struct Replay {
-    hard_state: HardState,
-    entries: Vec<Entry>,
-}
-
-impl Replay {
-    /// Applies one record, or says why it cannot follow the ones before it.
-    fn apply(&mut self, record: Record) -> Result<(), String> {
-        if let Some(hs) = record.hard_state {
-            if hs.current_term < self.hard_state.current_term {
-                return Err(format!("term goes back from {} to {}", self.hard_state.current_term, hs.current_term));
-            }
-            self.hard_state = hs;
+impl Drop for FileStorage {
+    /// A save still running is stopped and waited for: once the lock is released, another
+    /// storage may open the directory, and no thread of this one may still write in it.
+    fn drop(&mut self) {
+        if let Some(saving) = self.saving.take() {
+            saving.cancel(&self.dir);
         }
-        if let Some(from) = record.from {
-            let last = self.entries.len() as u64;
-            if from.0 == 0 || from.0 > last + 1 {
-                return Err(format!("entries from index {} but the log ends at {last}", from.0));
-            }
-            self.entries.truncate(from.0 as usize - 1);
-        }
-        for entry in record.entries {
-            let expected = self.entries.len() as u64 + 1;
-            if entry.index.0 != expected {
-                return Err(format!("entry {} where {expected} was expected", entry.index.0));
-            }
-            if self.entries.last().is_some_and(|prev| prev.term > entry.term) {
-                return Err(format!("entry {} has a lower term than its predecessor", entry.index.0));
-            }
-            self.entries.push(entry);
-        }
-        Ok(())
     }
 }
 
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,7 @@ use crate::core::{Entry, HardState, Log, LogIndex, Term};
 
 /// The log and hard state being rebuilt from records, in order.
 pub(super) struct Replay {
+    /// The hard state of the last record that had one.
     pub hard_state: HardState,
     /// `entries[k]` is at index `start + k`.
     start: u64,
@@ -20,6 +21,7 @@ pub(super) struct Replay {
 
 /// The rebuilt log, fitted to the snapshot.
 pub(super) struct Fitted {
+    /// The log from the snapshot's index (or from the start, without one).
     pub log: Log,
     /// The log held the snapshot's index with another term, so everything from there on
     /// was dropped: the caller makes that durable, or appends after the snapshot would be
@@ -95,7 +97,7 @@ impl Replay {
     /// an error if the two do not fit together (a gap between them).
     pub fn fit(mut self, snapshot: Option<(LogIndex, Term)>) -> Result<Fitted, String> {
         let Some((index, term)) = snapshot else {
-            if !self.entries.is_empty() && self.start != 1 {
+            if self.last_index() > 0 && self.start != 1 {
                 return Err(format!(
                     "the log starts at index {} but there is no snapshot of the entries before it",
                     self.start
@@ -125,7 +127,10 @@ impl Replay {
         self.entries.drain(..(s + 1 - self.start) as usize);
         let first = &self.entries[0];
         if first.term < term {
-            return Err(format!("entry {} has a lower term ({}) than the snapshot's ({term})", first.index, first.term));
+            return Err(format!(
+                "entry {} has a lower term ({}) than the snapshot's ({term})",
+                first.index, first.term
+            ));
         }
         Ok(Fitted { log: Log::new(index, term, self.entries), contradicted })
     }

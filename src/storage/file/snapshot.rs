@@ -108,8 +108,11 @@ fn create_tmp(path: &Path) -> io::Result<File> {
 /// The current snapshot: complete, durable, and open for reading.
 #[derive(Debug)]
 pub(crate) struct Current {
+    /// What it covers, and the size of its data.
     pub info: SnapshotInfo,
+    /// Its file.
     pub path: PathBuf,
+    /// Open for reading (the handle outlives a rename over the name).
     file: File,
 }
 
@@ -126,6 +129,12 @@ impl Current {
         let mut file = &self.file;
         file.seek(SeekFrom::Start(offset))?;
         file.read_exact(buf)
+    }
+
+    /// Deletes the file: a save that a newer snapshot overtook.
+    pub fn discard(self) {
+        drop(self.file);
+        remove_quietly(&self.path);
     }
 
     /// The data from its start, buffered, and ending where the trailer begins.
@@ -149,7 +158,8 @@ struct CrcWriter<'a, W> {
 impl<W: Write> Write for CrcWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "the storage was closed"));
+            // Not `Interrupted`, which `write_all` would retry forever.
+            return Err(io::Error::other("the storage was closed"));
         }
         let n = self.inner.write(buf)?;
         self.crc = crc32c_append(self.crc, &buf[..n]);
@@ -192,6 +202,7 @@ fn publish(dir: &Path, tmp: &Path, meta: &SnapshotMeta) -> Result<PathBuf, SaveE
 /// Why a save failed.
 #[derive(Debug)]
 pub(crate) struct SaveError {
+    /// What failed.
     pub error: io::Error,
     /// The directory's own sync failed: what the directory holds (the log segments' entries
     /// too) is no longer known to be durable, so the log storage must fail as well.
@@ -207,6 +218,7 @@ impl SaveError {
 /// A save running on its own thread, which owns nothing but its file.
 #[derive(Debug)]
 pub(crate) struct Saving {
+    /// The index of the snapshot being saved.
     pub index: LogIndex,
     handle: JoinHandle<Result<Current, SaveError>>,
     cancel: Arc<AtomicBool>,
@@ -234,20 +246,21 @@ impl Saving {
         self.handle.is_finished()
     }
 
-    /// The thread's result; waits for it if it is still running.
-    pub fn join(self) -> Result<Current, SaveError> {
-        self.handle
-            .join()
-            .unwrap_or_else(|_| Err(SaveError::file(io::Error::other("the snapshot writer panicked"))))
+    /// The thread's result; waits for it if it is still running. A failed save leaves no
+    /// temporary behind.
+    pub fn join(self, dir: &Path) -> Result<Current, SaveError> {
+        self.handle.join().unwrap_or_else(|_| {
+            // The state machine's writer panicked: the thread did not clean up.
+            remove_quietly(&dir.join(SAVE_TMP));
+            Err(SaveError::file(io::Error::other("the snapshot writer panicked")))
+        })
     }
 
     /// Makes the thread stop at its next write, and waits for it: a storage being closed
     /// leaves no thread writing in a directory another storage may open next.
     pub fn cancel(self, dir: &Path) {
         self.cancel.store(true, Ordering::Relaxed);
-        if self.join().is_err() {
-            remove_quietly(&dir.join(SAVE_TMP));
-        }
+        let _ = self.join(dir);
     }
 }
 
@@ -438,7 +451,7 @@ fn verify(path: &Path, index: LogIndex) -> Result<Current, String> {
     }
     let trailer: Trailer = rmp_serde::from_slice(&body).map_err(|e| at(trailer_at, &format!("bad trailer: {e}")))?;
     if trailer.size != trailer_at || trailer.meta.index != index {
-        let why = format!("trailer says {} bytes at index {}", trailer.size, trailer.meta.index);
+        let why = format!("trailer says {} bytes at index {}", trailer.size, trailer.meta.index.0);
         return Err(at(trailer_at, &why));
     }
     let data_crc = checksum_data(&file, trailer.size).map_err(io)?;
@@ -474,4 +487,40 @@ fn checksum_data(mut file: &File, size: u64) -> io::Result<u32> {
     }
     debug_assert_eq!(seen, size, "the trailer's offset bounds the data");
     Ok(crc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Membership, Term};
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta { index: LogIndex(index), term: Term(1), membership: Membership::default() }
+    }
+
+    /// Writes `data` sealed as the snapshot `meta`, claiming `size` bytes and `crc`.
+    fn write(dir: &Path, meta: &SnapshotMeta, data: &[u8], size: u64, crc: u32) -> PathBuf {
+        let path = dir.join(name(meta.index));
+        let file = create_tmp(&path).unwrap();
+        (&file).write_all(data).unwrap();
+        seal(&file, meta, size, crc, None).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_trailer_must_agree_with_the_file_around_it_and_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = [5u8; 100];
+        let good = write(dir.path(), &meta(8), &data, 100, crc32c(&data));
+        assert_eq!(verify(&good, LogIndex(8)).unwrap().info.size, 100);
+        // Checksums that match, but the data does not end where the trailer starts.
+        let short = write(dir.path(), &meta(7), &data, 99, crc32c(&data[..99]));
+        let why = verify(&short, LogIndex(7)).unwrap_err();
+        assert!(why.contains("trailer says 99 bytes at index 7"), "{why}");
+        // A whole file under another snapshot's name.
+        let renamed = dir.path().join(name(LogIndex(9)));
+        std::fs::rename(&good, &renamed).unwrap();
+        let why = verify(&renamed, LogIndex(9)).unwrap_err();
+        assert!(why.contains("at index 8"), "{why}");
+    }
 }

@@ -1,7 +1,7 @@
 //! The file storage on its own: round trips, group commit, failure rules.
 
 use super::*;
-use crate::core::Payload;
+use crate::core::{Payload, Term};
 
 fn entry(term: u64, index: u64) -> Entry {
     Entry { term: Term(term), index: LogIndex(index), payload: Payload::Command(index.to_le_bytes().to_vec()) }
