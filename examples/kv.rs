@@ -103,6 +103,7 @@ usage:
   --elect          campaign at start until this node leads (used by --cluster for node 1)
   --data-dir DIR   durable mode: keep the log and vote in DIR (created if missing), so the
                    node survives kill -9; restart it with the same id, address and DIR
+  --snapshot-every N  snapshot (and compact the log) every N entries instead of 100,000
   --cluster        start three nodes as child processes and forward stdin to node 1
 
 environment:
@@ -134,6 +135,7 @@ struct Options {
     join: bool,
     elect: bool,
     data_dir: Option<std::path::PathBuf>,
+    snapshot_every: Option<u64>,
 }
 
 enum Mode {
@@ -145,7 +147,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
     let mut args = args.into_iter();
     let (mut id, mut listen, mut peers, mut join, mut elect, mut cluster) =
         (None, None, Vec::new(), false, false, false);
-    let mut data_dir = None;
+    let (mut data_dir, mut snapshot_every) = (None, None);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
@@ -159,6 +161,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
             "--join" => join = true,
             "--elect" => elect = true,
             "--data-dir" => data_dir = Some(value("--data-dir")?.into()),
+            "--snapshot-every" => {
+                let n = value("--snapshot-every")?.parse::<u64>().map_err(|e| format!("--snapshot-every: {e}"))?;
+                snapshot_every = Some(n);
+            }
             "--cluster" => cluster = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -166,13 +172,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
     }
     if cluster {
         return match (id, listen, peers.is_empty(), join, elect, &data_dir) {
-            (None, None, true, false, false, None) => Ok(Mode::Cluster),
+            (None, None, true, false, false, None) if snapshot_every.is_none() => Ok(Mode::Cluster),
             _ => Err("--cluster takes no other options".into()),
         };
     }
     let id = id.ok_or("--id is required")?;
     let listen = listen.ok_or("--listen is required")?;
-    Ok(Mode::Node(Options { id, listen, peers, join, elect, data_dir }))
+    Ok(Mode::Node(Options { id, listen, peers, join, elect, data_dir, snapshot_every }))
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -205,6 +211,9 @@ fn run_node(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = Config::new(options.id, options.listen).members(options.peers.iter().copied());
     if options.join {
         config = config.join();
+    }
+    if let Some(n) = options.snapshot_every {
+        config = config.snapshot_threshold(n, u64::MAX).snapshot_keep_entries(n / 4);
     }
     if let Some(dir) = &options.data_dir {
         config = config.data_dir(dir);
