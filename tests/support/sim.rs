@@ -272,6 +272,11 @@ impl Sim {
         Replica::new(node.cfg.clone(), storage, SimMachine::default()).expect("simulated storage never fails")
     }
 
+    /// Every server's disk.
+    pub fn disks(&self) -> impl Iterator<Item = std::cell::Ref<'_, Disk>> + '_ {
+        self.nodes.values().map(|n| n.disk.borrow())
+    }
+
     pub fn live_ids(&self) -> Vec<NodeId> {
         self.nodes.iter().filter(|(_, n)| n.replica.is_some() && !n.retired).map(|(&id, _)| id).collect()
     }

@@ -21,6 +21,9 @@ pub struct Disk {
     pub hard: HardState,
     pub log: Log,
     pub snapshot: Option<(SnapshotInfo, Rc<Vec<u8>>)>,
+    /// Snapshots saved (and durable), and received snapshots installed, over all lives.
+    pub saves: u64,
+    pub installs: u64,
 }
 
 impl Disk {
@@ -114,6 +117,7 @@ impl SimStorage {
         }
         if let Some((info, bytes)) = self.saving.take() {
             disk.make_current(info.clone(), bytes);
+            disk.saves += 1;
             self.saved = Some(info);
         }
     }
@@ -219,6 +223,7 @@ impl Storage for SimStorage {
         let (s, t) = (order.info.meta.index, order.info.meta.term);
         assert_eq!(order.keep_log_after, disk.log.term_at(s) == Some(t), "the core and the disk disagree at {s}");
         disk.make_current(order.info.clone(), std::mem::take(&mut self.receiving));
+        disk.installs += 1;
         Ok(())
     }
 

@@ -24,6 +24,9 @@ pub struct Stats {
     pub max_term: u64,
     /// Messages the cores dropped at their door (hostile input, mostly).
     pub refused: u64,
+    /// Snapshots saved, and received by InstallSnapshot and installed.
+    pub snapshots_saved: u64,
+    pub snapshots_installed: u64,
 }
 
 impl Stats {
@@ -36,6 +39,8 @@ impl Stats {
         self.reads_failed += s.reads_failed;
         self.max_term = self.max_term.max(s.max_term);
         self.refused += s.refused;
+        self.snapshots_saved += s.snapshots_saved;
+        self.snapshots_installed += s.snapshots_installed;
     }
 }
 
@@ -73,6 +78,8 @@ pub fn run(seed: u64, sc: Scenario) -> Stats {
         reads_failed: sim.checker.reads_failed,
         max_term: sim.max_term_seen,
         refused: sim.refused_seen,
+        snapshots_saved: sim.disks().map(|d| d.saves).sum(),
+        snapshots_installed: sim.disks().map(|d| d.installs).sum(),
     }
 }
 
@@ -266,13 +273,15 @@ pub fn run_seeds(name: &str, seeds: std::ops::Range<u64>, sc: Scenario) -> Stats
         }
     }
     eprintln!(
-        "{name}: {count} seeds, {} entries committed; writes: {} acknowledged, {} refused, {} indeterminate; {} linearizable reads checked, {} refused or failed; every request answered exactly once; highest term {}",
+        "{name}: {count} seeds, {} entries committed; writes: {} acknowledged, {} refused, {} indeterminate; {} linearizable reads checked, {} refused or failed; every request answered exactly once; {} snapshots saved, {} installed by InstallSnapshot; highest term {}",
         total.committed,
         total.writes_acked,
         total.writes_refused,
         total.writes_indeterminate,
         total.reads,
         total.reads_failed,
+        total.snapshots_saved,
+        total.snapshots_installed,
         total.max_term
     );
     total
