@@ -89,6 +89,9 @@ pub struct InstallSnapshot {
     pub size: u64,
     /// Where this chunk starts.
     pub offset: u64,
+    /// Which attempt of the transfer sent it: the leader starts a new one each time it
+    /// resends from an earlier offset, and heeds refusals of the current one only.
+    pub attempt: u32,
     /// The chunk.
     #[serde(with = "super::types::as_bytes")]
     pub data: Vec<u8>,
@@ -110,6 +113,8 @@ pub struct InstallSnapshotResponse {
     pub success: bool,
     /// The offset the follower expects next.
     pub next_offset: u64,
+    /// The attempt of the chunk answered.
+    pub attempt: u32,
     /// The follower holds the snapshot (installed, or its log already covers it).
     pub done: bool,
 }
@@ -157,6 +162,10 @@ pub struct AppendEntriesResponse {
     pub conflict_index: LogIndex,
 }
 
+/// Indexes at or above this are refused from the wire: no log gets near it (2^63 entries),
+/// and every `LogIndex::next` on an accepted index has room.
+pub const INDEX_MAX: u64 = u64::MAX / 2;
+
 /// A message with its addressee, as the core hands it to the driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
@@ -179,8 +188,11 @@ impl Message {
                 }
                 let mut index = ae.prev_log_index;
                 let mut term = ae.prev_log_term;
+                if ae.prev_log_index.0 >= INDEX_MAX || ae.leader_commit.0 >= INDEX_MAX {
+                    return Err("index beyond any log");
+                }
                 for e in &ae.entries {
-                    if index.0 == u64::MAX || e.index != index.next() {
+                    if index.0 >= INDEX_MAX - 1 || e.index != index.next() {
                         return Err("entries are not contiguous after prev_log_index");
                     }
                     if e.term < term || e.term > self.term {
@@ -193,7 +205,7 @@ impl Message {
             }
             MessageKind::RequestVote(rv) if rv.last_log_term > self.term => Err("last_log_term above the term"),
             MessageKind::InstallSnapshot(is) => {
-                if is.meta.term > self.term || is.meta.index.0 == 0 || is.meta.index.0 == u64::MAX {
+                if is.meta.term > self.term || is.meta.index.0 == 0 || is.meta.index.0 >= INDEX_MAX {
                     return Err("snapshot point above the message term, or absurd");
                 }
                 if is.offset.checked_add(is.data.len() as u64).is_none_or(|end| end > is.size) {

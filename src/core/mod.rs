@@ -30,12 +30,12 @@ pub use guard::{Refused, TERM_JUMP_MAX, TERM_MAX};
 pub use log::Log;
 pub use membership::{Membership, MembershipChange, MembershipError};
 pub use message::{
-    AppendEntries, AppendEntriesResponse, Envelope, InstallSnapshot, InstallSnapshotResponse, Message, MessageKind,
-    RequestVote, SnapshotMeta,
+    AppendEntries, AppendEntriesResponse, Envelope, INDEX_MAX, InstallSnapshot, InstallSnapshotResponse, Message,
+    MessageKind, RequestVote, SnapshotMeta,
 };
 pub use progress::{Progress, ReplicationState, SnapshotSend};
 pub use rng::SplitMix64;
-pub use snapshot::{InstallSnapshotOrder, SnapshotChunk, SnapshotInfo};
+pub use snapshot::{InstallSnapshotOrder, SnapshotChunk, SnapshotInfo, SnapshotWork};
 pub use types::{Entry, HardState, LogIndex, NodeId, Payload, Role, Term};
 
 use std::collections::{BTreeMap, VecDeque};
@@ -111,11 +111,10 @@ pub struct Ready {
     pub dropped_reads: Vec<u64>,
     /// Role, leader or membership changed since the last `Ready`.
     pub soft_state_changed: bool,
-    /// Snapshot chunks a follower took, to store in order before this `Ready`'s writes.
-    pub snapshot_chunks: Vec<SnapshotChunk>,
-    /// The received snapshot is complete: install it after storing the chunks and before
-    /// this `Ready`'s writes (see [`InstallSnapshotOrder`]).
-    pub install_snapshot: Option<InstallSnapshotOrder>,
+    /// Snapshot chunks a follower took and snapshots it completed, to carry out in order
+    /// before this `Ready`'s writes (the last chunk of one snapshot and the first of a
+    /// newer one may arrive in the same batch of inputs).
+    pub snapshot_work: Vec<SnapshotWork>,
 }
 
 impl Ready {
@@ -128,7 +127,7 @@ impl Ready {
             && self.reads.is_empty()
             && self.dropped_reads.is_empty()
             && !self.soft_state_changed
-            && !self.has_snapshot_work()
+            && self.snapshot_work.is_empty()
     }
 }
 

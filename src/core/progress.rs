@@ -29,6 +29,12 @@ pub struct SnapshotSend {
     pub acked_offset: u64,
     /// The last chunk was sent (a zero-byte snapshot still has one chunk).
     pub sent_last: bool,
+    /// Incremented by every resend from an earlier offset; refusals of older attempts
+    /// (answers to duplicates the resend itself caused) are ignored, or each would start
+    /// another resend and the duplicates would multiply on a slow link.
+    pub attempt: u32,
+    /// Heartbeat intervals since the follower last answered.
+    pub silent_heartbeats: u32,
 }
 
 /// The leader's view of one follower (or learner).
@@ -117,7 +123,7 @@ impl Progress {
         self.state = ReplicationState::Snapshot;
         self.inflight.clear();
         self.probe_sent = false;
-        self.snapshot = Some(SnapshotSend { index, next_offset: 0, acked_offset: 0, sent_last: false });
+        self.snapshot = Some(SnapshotSend { index, next_offset: 0, acked_offset: 0, sent_last: false, attempt: 0, silent_heartbeats: 0 });
     }
 
     /// In Snapshot state: resends from what the follower acknowledged, or from `offset` if
@@ -129,6 +135,8 @@ impl Progress {
             }
             t.next_offset = t.acked_offset;
             t.sent_last = false;
+            t.attempt = t.attempt.wrapping_add(1);
+            t.silent_heartbeats = 0;
         }
     }
 

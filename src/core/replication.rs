@@ -200,10 +200,15 @@ impl Raft {
                 let next = pr.match_index.next();
                 pr.become_probe(next);
             }
-            if pr.snapshot.is_some() && !pr.acked_since_heartbeat {
-                // No answer for a heartbeat interval: chunks or answers were lost (or the
-                // connection dropped); resume from the last acknowledged byte.
-                pr.rewind_snapshot(None);
+            if let Some(t) = pr.snapshot.as_mut().filter(|_| !pr.acked_since_heartbeat) {
+                // No answer for an election timeout: chunks or answers were lost (or the
+                // connection dropped); resume from the last acknowledged byte. Not sooner:
+                // on a slow link a chunk may take longer than a heartbeat interval, and
+                // resending it would only compete with it.
+                t.silent_heartbeats += 1;
+                if t.silent_heartbeats.saturating_mul(self.cfg.heartbeat_ticks) >= self.cfg.election_ticks {
+                    pr.rewind_snapshot(None);
+                }
             }
             pr.acked_since_heartbeat = false;
             // A probe that got no answer is retried once per heartbeat.

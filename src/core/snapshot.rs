@@ -2,14 +2,14 @@
 //! snapshot's bytes. It learns of a snapshot its driver saved ([`Raft::on_snapshot_saved`]),
 //! drops the log prefix it covers, and when a follower needs entries that are gone, sends it
 //! the snapshot in chunks whose bytes the driver fills in. A follower hands the chunks it
-//! takes to its driver and, with the last one, replaces its log and state ([`Ready`]'s
-//! `install_snapshot`).
+//! takes to its driver and, with the last one, replaces its log and state (its `Ready`'s
+//! `snapshot_work`, see [`super::Ready`]).
 
 use super::Raft;
 use super::message::{InstallSnapshot, InstallSnapshotResponse, MessageKind, SnapshotMeta};
 use super::progress::ReplicationState;
 use super::types::{LogIndex, NodeId, Payload, Role};
-use super::{Membership, Ready};
+use super::Membership;
 
 /// A snapshot this server holds: what it covers and its length in bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,9 +38,19 @@ pub struct SnapshotChunk {
 pub struct InstallSnapshotOrder {
     /// The snapshot.
     pub info: SnapshotInfo,
-    /// The log held the snapshot's last entry with the same term, so the entries after
-    /// it are the leader's and stay (Figure 13, step 6); otherwise the whole log goes.
+    /// The stored log holds the snapshot's last entry with its term, so the entries after
+    /// it are the leader's and stay (Figure 13, step 6); otherwise the whole stored log
+    /// goes, and this `Ready` rewrites whatever the log keeps after the snapshot.
     pub keep_log_after: bool,
+}
+
+/// Snapshot work for a follower's driver, in the order it arose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotWork {
+    /// Store a chunk.
+    Chunk(SnapshotChunk),
+    /// Install the snapshot the chunks completed.
+    Install(InstallSnapshotOrder),
 }
 
 /// A snapshot being received (follower side).
@@ -119,7 +129,7 @@ impl Raft {
             return false;
         }
         let offset = t.next_offset.min(info.size);
-        let is = InstallSnapshot { meta: info.meta, size: info.size, offset, data: Vec::new() };
+        let is = InstallSnapshot { meta: info.meta, size: info.size, offset, attempt: t.attempt, data: Vec::new() };
         t.next_offset = offset + is.chunk_len(chunk) as u64;
         t.sent_last = t.next_offset == info.size;
         self.send(to, MessageKind::InstallSnapshot(is));
@@ -147,11 +157,12 @@ impl Raft {
         let size = self.snapshot.as_ref().map_or(0, |s| s.size);
         let Some(t) = pr.snapshot.as_mut().filter(|t| t.index == r.index) else { return };
         pr.acked_since_heartbeat = true;
+        t.silent_heartbeats = 0;
         if r.success {
             t.acked_offset = t.acked_offset.max(r.next_offset.min(t.next_offset));
-        } else {
-            // Out of order at the follower: resume where it says it is (a stale answer
-            // only costs a resend; the next rejection corrects it).
+        } else if r.attempt == t.attempt {
+            // Out of order at the follower (a lost chunk, or a follower that restarted):
+            // resume where it says it is, in a new attempt.
             pr.rewind_snapshot(Some(r.next_offset.min(size)));
         }
     }
@@ -159,8 +170,8 @@ impl Raft {
     /// Follower: takes one chunk from the leader of this term (§7 and Figure 13).
     pub(super) fn on_install_snapshot(&mut self, from: NodeId, is: InstallSnapshot) {
         self.accept_leader(from);
-        let index = is.meta.index;
-        let reply = |success, next_offset, done| InstallSnapshotResponse { index, success, next_offset, done };
+        let (index, attempt) = (is.meta.index, is.attempt);
+        let reply = |success, next_offset, done| InstallSnapshotResponse { index, success, next_offset, done, attempt };
         if index <= self.commit_index {
             // Our committed log already covers it (and committed entries match the leader's).
             self.incoming = None;
@@ -181,7 +192,8 @@ impl Raft {
             self.incoming = Some(Incoming { from: sender, meta: is.meta.clone(), size: is.size, next_offset: 0 });
         }
         self.incoming.as_mut().expect("started at offset 0").next_offset = end;
-        self.ready.snapshot_chunks.push(SnapshotChunk { meta: is.meta.clone(), offset: is.offset, data: is.data });
+        let chunk = SnapshotChunk { meta: is.meta.clone(), offset: is.offset, data: is.data };
+        self.ready.snapshot_work.push(SnapshotWork::Chunk(chunk));
         if end < is.size {
             return self.send(from, MessageKind::InstallSnapshotResponse(reply(true, end, false)));
         }
@@ -192,31 +204,31 @@ impl Raft {
 
     /// Replaces the log's prefix (or all of it) with a received snapshot.
     fn install_snapshot(&mut self, info: SnapshotInfo) {
-        let meta = &info.meta;
-        debug_assert!(meta.index > self.commit_index);
-        let keep_log_after = self.log.term_at(meta.index) == Some(meta.term);
+        let (s, t) = (info.meta.index, info.meta.term);
+        debug_assert!(s > self.commit_index);
+        let keep_log_after = self.log.term_at(s) == Some(t);
         if keep_log_after {
-            self.log.compact_to(meta.index);
+            self.log.compact_to(s);
         } else {
-            self.log = super::Log::new(meta.index, meta.term, Vec::new());
-            self.persisted_index = self.persisted_index.min(meta.index);
+            self.log = super::Log::new(s, t, Vec::new());
         }
-        // Storage drops the entries the snapshot covers as part of installing it; what
-        // changes after its index is written from the index on.
-        let from = meta.index.next();
-        let changed = self.ready.log_changed_from.map(|c| c.max(from));
-        self.ready.log_changed_from = if keep_log_after { changed } else { Some(from) };
-        self.base_membership = meta.membership.clone();
-        self.commit_index = meta.index;
+        // Storage may keep its log after the snapshot only if that log is ours: if this
+        // batch of inputs changed it at or before the snapshot's index (a truncation that
+        // storage has not seen yet, since the install comes before this Ready's writes),
+        // storage holds older entries there, so it drops all and the log after the
+        // snapshot is written again (found by review: acked entries were lost at restart).
+        let stored_is_ours = self.ready.log_changed_from.is_none_or(|c| c > s);
+        let keep_stored = keep_log_after && stored_is_ours;
+        if !keep_stored {
+            self.ready.log_changed_from = Some(s.next());
+            self.persisted_index = self.persisted_index.min(s);
+        }
+        debug_assert!(self.ready.log_changed_from.is_none_or(|c| c > s));
+        self.base_membership = info.meta.membership.clone();
+        self.commit_index = s;
         self.reload_membership();
         self.snapshot = Some(info.clone());
-        self.ready.install_snapshot = Some(InstallSnapshotOrder { info, keep_log_after });
-    }
-}
-
-impl Ready {
-    /// Whether any snapshot work is in this `Ready`.
-    pub(super) fn has_snapshot_work(&self) -> bool {
-        !self.snapshot_chunks.is_empty() || self.install_snapshot.is_some()
+        let order = InstallSnapshotOrder { info, keep_log_after: keep_stored };
+        self.ready.snapshot_work.push(SnapshotWork::Install(order));
     }
 }

@@ -46,9 +46,9 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             // A write failed: nothing may leave that could rest on it. The node stops.
             return;
         }
-        if !ready.snapshot_chunks.is_empty() || ready.install_snapshot.is_some() {
+        if !ready.snapshot_work.is_empty() {
             // Before this Ready's writes, which (after an install) start past the snapshot.
-            self.receive_snapshot(std::mem::take(&mut ready.snapshot_chunks), ready.install_snapshot.take());
+            self.receive_snapshot(std::mem::take(&mut ready.snapshot_work));
             if self.poisoned.is_some() {
                 return;
             }

@@ -4,7 +4,7 @@
 
 use super::Replica;
 use super::reply::Channel;
-use crate::core::{Envelope, InstallSnapshotOrder, LogIndex, MessageKind, SnapshotChunk, SnapshotMeta};
+use crate::core::{Envelope, InstallSnapshotOrder, LogIndex, MessageKind, SnapshotMeta, SnapshotWork};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
 
@@ -100,17 +100,27 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         });
     }
 
-    /// Stores a follower's received chunks and, with the last, installs the snapshot:
-    /// durable and current in storage, then restored into the state machine.
-    pub(super) fn receive_snapshot(&mut self, chunks: Vec<SnapshotChunk>, install: Option<InstallSnapshotOrder>) {
-        for chunk in &chunks {
-            if let Err(e) = self.storage.receive_snapshot(chunk) {
-                return self.poison_storage(format!("cannot store a received snapshot chunk: {e}"));
+    /// Stores a follower's received chunks and installs the snapshots they complete, in
+    /// order: durable and current in storage, then restored into the state machine.
+    pub(super) fn receive_snapshot(&mut self, work: Vec<SnapshotWork>) {
+        for item in work {
+            match item {
+                SnapshotWork::Chunk(chunk) => {
+                    if let Err(e) = self.storage.receive_snapshot(&chunk) {
+                        return self.poison_storage(format!("cannot store a received snapshot chunk: {e}"));
+                    }
+                }
+                SnapshotWork::Install(order) => self.install_snapshot(&order),
+            }
+            if self.poisoned.is_some() {
+                return;
             }
         }
-        let Some(order) = install else { return };
+    }
+
+    fn install_snapshot(&mut self, order: &InstallSnapshotOrder) {
         let index = order.info.meta.index;
-        if let Err(e) = self.storage.install_snapshot(&order) {
+        if let Err(e) = self.storage.install_snapshot(order) {
             return self.poison_storage(format!("cannot install the snapshot at {index}: {e}"));
         }
         if let Err(e) = self.restore_from_storage() {

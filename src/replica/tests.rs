@@ -322,3 +322,77 @@ fn a_failed_snapshot_is_retried_after_another_threshold() {
     assert!(r.poisoned().is_none(), "a failed snapshot is no reason to stop");
     assert_eq!(r.core().log().snapshot_index(), LogIndex(0));
 }
+
+fn three_voters() -> Membership {
+    Membership::with_voters((1..=3).map(|id| (id, format!("n{id}"))))
+}
+
+fn tally_follower<S: Storage>(storage: S) -> Replica<Tally, S, Local> {
+    let cfg = ReplicaConfig {
+        core: CoreConfig::new(2),
+        initial: three_voters(),
+        tick: Duration::from_millis(10),
+        request_timeout: Duration::from_secs(1),
+        apply_entries_max: 16,
+        compaction: Default::default(),
+        apply_time_max: None,
+    };
+    Replica::new(cfg, storage, Tally::default()).unwrap()
+}
+
+/// A chunk of a snapshot (of `data`) at `index`, sent by the leader of `term`.
+fn snapshot_chunk(index: u64, term: u64, data: &[u8], offset: usize, len: usize) -> Message {
+    use crate::core::{InstallSnapshot, SnapshotMeta, Term};
+    let meta = SnapshotMeta { index: LogIndex(index), term: Term(term), membership: three_voters() };
+    let data = data[offset..offset + len].to_vec();
+    let is = InstallSnapshot { meta, size: (offset + len) as u64, offset: offset as u64, attempt: 0, data };
+    Message { term: Term(term), kind: MessageKind::InstallSnapshot(is) }
+}
+
+/// Found by review. In one turn an AppendEntries overwrites a stale suffix and the last
+/// chunk of a snapshot that matches the new entries arrives: the stored log still holds
+/// the stale entries when the snapshot is installed, so storage must not keep "the log
+/// after the snapshot" (it would keep the stale entry at the snapshot's index, and the
+/// acknowledged entries after it would be dropped at restart as contradicting it).
+#[test]
+fn an_install_after_a_truncation_in_the_same_turn_keeps_the_acked_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || crate::storage::FileStorage::open(dir.path(), "test", 2, Default::default()).unwrap();
+    {
+        let mut r = tally_follower(open());
+        r.step(1, append(1, (0, 0), entries_from(1, &[1; 8]), 0));
+        r.advance();
+        r.drain_outbox().for_each(drop);
+        r.step(3, append(2, (1, 1), entries_from(2, &[2; 7]), 1)); // term 2 replaces 2..=8
+        let data = rmp_serde::to_vec_named(&Tally(4)).unwrap();
+        r.step(3, snapshot_chunk(4, 2, &data, 0, data.len())); // and its snapshot at 4
+        r.advance();
+        let acked_8 = r.drain_outbox().any(|e| {
+            matches!(&e.message.kind, MessageKind::AppendEntriesResponse(a) if a.success && a.index == LogIndex(8))
+        });
+        assert!(acked_8 && r.poisoned().is_none());
+    }
+    let recovered = open().recover().unwrap();
+    assert_eq!(recovered.log.last_index(), LogIndex(8), "acknowledged entries lost at restart");
+    assert_eq!(recovered.log.term_at(LogIndex(8)), Some(crate::core::Term(2)));
+}
+
+/// Found by review. The last chunk of one snapshot and the first of a newer one, in one
+/// turn: they are stored and installed in the order they came, so the first is installed
+/// from its own bytes.
+#[test]
+fn the_last_chunk_of_one_snapshot_and_the_first_of_the_next_in_one_turn() {
+    let mut r = tally_follower(crate::storage::MemoryStorage::default());
+    let a = rmp_serde::to_vec_named(&Tally(4)).unwrap();
+    let b = rmp_serde::to_vec_named(&Tally(300)).unwrap();
+    r.step(1, snapshot_chunk(4, 1, &a, 0, a.len()));
+    let mut first_of_b = snapshot_chunk(6, 1, &b, 0, 1);
+    if let MessageKind::InstallSnapshot(is) = &mut first_of_b.kind {
+        is.size = b.len() as u64;
+    }
+    r.step(1, first_of_b);
+    r.advance();
+    assert!(r.poisoned().is_none(), "{:?}", r.poisoned());
+    assert_eq!(r.applied(), LogIndex(4));
+    assert_eq!(r.machine().0, 4, "installed from its own bytes");
+}

@@ -20,7 +20,8 @@ pub struct MemoryStorage {
     appended: u64,
     current: Option<(SnapshotInfo, Arc<Vec<u8>>)>,
     saving: Option<(SnapshotMeta, JoinHandle<io::Result<Vec<u8>>>)>,
-    receiving: Vec<u8>,
+    /// The snapshot being received and its bytes so far.
+    receiving: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
 impl MemoryStorage {
@@ -95,22 +96,25 @@ impl Storage for MemoryStorage {
 
     fn receive_snapshot(&mut self, chunk: &SnapshotChunk) -> io::Result<()> {
         if chunk.offset == 0 {
-            self.receiving.clear();
+            self.receiving = Some((chunk.meta.clone(), Vec::new()));
         }
-        if chunk.offset != self.receiving.len() as u64 {
-            return Err(io::Error::other("snapshot chunk out of order"));
+        match &mut self.receiving {
+            Some((meta, bytes)) if *meta == chunk.meta && chunk.offset == bytes.len() as u64 => {
+                bytes.extend_from_slice(&chunk.data);
+                Ok(())
+            }
+            _ => Err(io::Error::other("snapshot chunk out of order")),
         }
-        self.receiving.extend_from_slice(&chunk.data);
-        Ok(())
     }
 
     fn install_snapshot(&mut self, order: &InstallSnapshotOrder) -> io::Result<()> {
-        if order.info.size != self.receiving.len() as u64 {
-            return Err(io::Error::other("received snapshot is incomplete"));
+        match self.receiving.take() {
+            Some((meta, bytes)) if meta == order.info.meta && bytes.len() as u64 == order.info.size => {
+                self.make_current(order.info.clone(), bytes);
+                Ok(())
+            }
+            _ => Err(io::Error::other("the received snapshot is not the one to install, or incomplete")),
         }
-        let bytes = std::mem::take(&mut self.receiving);
-        self.make_current(order.info.clone(), bytes);
-        Ok(())
     }
 
     fn compact(&mut self, _: LogIndex) -> io::Result<()> {

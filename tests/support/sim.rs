@@ -340,12 +340,24 @@ impl Sim {
         }
         // swap_remove scrambles order: sort so the order is decided by the seed alone.
         due.sort_by_key(|m| (m.at, m.from, m.to));
+        // Every message due at a server is stepped, then it advances once, as the node
+        // loop's turn does: one Ready may then hold several messages' work (found by
+        // review: a truncation and a snapshot install in one Ready lost acked entries).
+        let mut touched: Vec<NodeId> = Vec::new();
         for m in due {
             let deliverable = self.nodes.get(&m.to).is_some_and(|n| n.replica.is_some() && !n.retired);
             if deliverable && !self.cut.contains(&(m.from, m.to)) {
                 self.trace.push(now, Event::deliver(m.from, m.to, &m.msg));
-                self.with(m.to, |r| r.step(m.from, m.msg));
+                if let Some(r) = self.nodes.get_mut(&m.to).and_then(|n| n.replica.as_mut()) {
+                    r.step(m.from, m.msg);
+                }
+                if !touched.contains(&m.to) {
+                    touched.push(m.to);
+                }
             }
+        }
+        for id in touched {
+            self.process(id);
         }
     }
 

@@ -34,6 +34,12 @@ impl Disk {
         if let Some(from) = batch.from {
             // Entries the log was compacted through are committed: they are already here.
             let point = self.log.snapshot_index();
+            if from > self.log.last_index().next() {
+                // The rest of an older log, which a snapshot that became durable first (a
+                // save is published independently of the log's syncs) contradicted and
+                // dropped: a file storage's recovery drops it too.
+                return;
+            }
             self.log.truncate_after(from.prev().max(point));
             for e in batch.entries.iter().filter(|e| e.index > point) {
                 self.log.push(e.clone());
@@ -84,8 +90,8 @@ pub struct SimStorage {
     saving: Option<(SnapshotInfo, Vec<u8>)>,
     /// A durable save the replica has not polled yet.
     saved: Option<SnapshotInfo>,
-    /// Chunks received so far.
-    receiving: Vec<u8>,
+    /// The snapshot being received and its bytes so far.
+    receiving: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
 impl SimStorage {
@@ -99,7 +105,7 @@ impl SimStorage {
             changed_from: None,
             saving: None,
             saved: None,
-            receiving: Vec::new(),
+            receiving: None,
         }
     }
 
@@ -134,7 +140,7 @@ impl SimStorage {
         }
         self.unsynced.clear();
         self.saving = None;
-        self.receiving.clear();
+        self.receiving = None;
     }
 
     pub fn unsynced_len(&self) -> usize {
@@ -207,22 +213,32 @@ impl Storage for SimStorage {
 
     fn receive_snapshot(&mut self, chunk: &SnapshotChunk) -> io::Result<()> {
         if chunk.offset == 0 {
-            self.receiving.clear();
+            self.receiving = Some((chunk.meta.clone(), Vec::new()));
         }
-        assert_eq!(chunk.offset, self.receiving.len() as u64, "the core hands chunks over in order");
-        self.receiving.extend_from_slice(&chunk.data);
+        let (meta, bytes) = self.receiving.as_mut().expect("a transfer starts at offset 0");
+        assert!(*meta == chunk.meta && chunk.offset == bytes.len() as u64, "the core hands chunks over in order");
+        bytes.extend_from_slice(&chunk.data);
         Ok(())
     }
 
     fn install_snapshot(&mut self, order: &InstallSnapshotOrder) -> io::Result<()> {
-        assert_eq!(order.info.size, self.receiving.len() as u64, "installing an incomplete snapshot");
+        let (meta, bytes) = self.receiving.take().expect("installing a snapshot never received");
+        assert!(meta == order.info.meta && bytes.len() as u64 == order.info.size, "installing another or an incomplete snapshot");
         // As a file storage does: what was written before is synced first, then the
         // snapshot replaces the log it covers (or all of it).
         self.sync();
         let mut disk = self.disk.borrow_mut();
         let (s, t) = (order.info.meta.index, order.info.meta.term);
-        assert_eq!(order.keep_log_after, disk.log.term_at(s) == Some(t), "the core and the disk disagree at {s}");
-        disk.make_current(order.info.clone(), std::mem::take(&mut self.receiving));
+        // Keeping the log after the snapshot is right only if the disk's entry there is the
+        // snapshot's (it may lack it: the same Ready may append it).
+        assert!(
+            !order.keep_log_after || disk.log.term_at(s).is_none_or(|x| x == t),
+            "told to keep the log after {s}, but the disk holds another term there"
+        );
+        if !order.keep_log_after {
+            disk.log = Log::new(s, t, Vec::new());
+        }
+        disk.make_current(order.info.clone(), bytes);
         disk.installs += 1;
         Ok(())
     }

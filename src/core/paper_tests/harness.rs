@@ -144,8 +144,7 @@ pub(super) fn persist(r: &mut Raft) -> Ready {
         all.reads.extend(ready.reads);
         all.dropped_reads.extend(ready.dropped_reads);
         all.soft_state_changed |= ready.soft_state_changed;
-        all.snapshot_chunks.extend(ready.snapshot_chunks);
-        all.install_snapshot = ready.install_snapshot.or(all.install_snapshot);
+        all.snapshot_work.extend(ready.snapshot_work);
     }
 }
 

@@ -16,7 +16,7 @@ fn meta(index: u64, term: u64, n: u64) -> SnapshotMeta {
 }
 
 fn chunk(term: u64, meta: &SnapshotMeta, size: u64, offset: u64, len: usize) -> Message {
-    let is = InstallSnapshot { meta: meta.clone(), size, offset, data: vec![7; len] };
+    let is = InstallSnapshot { meta: meta.clone(), size, offset, attempt: 0, data: vec![7; len] };
     msg(term, MessageKind::InstallSnapshot(is))
 }
 
@@ -28,6 +28,13 @@ fn chunks_to(msgs: &[Envelope], to: NodeId) -> Vec<(u64, u64)> {
             _ => None,
         })
         .collect()
+}
+
+fn install_order(ready: &Ready) -> Option<InstallSnapshotOrder> {
+    ready.snapshot_work.iter().find_map(|w| match w {
+        SnapshotWork::Install(order) => Some(order.clone()),
+        SnapshotWork::Chunk(_) => None,
+    })
 }
 
 fn snapshot_answer(msgs: &[Envelope]) -> InstallSnapshotResponse {
@@ -70,7 +77,7 @@ fn leader_sends_the_snapshot_when_the_follower_needs_compacted_entries() {
     assert!(appends_to(&out, 3).is_empty(), "no AppendEntries while the snapshot is sent");
     assert_eq!(l.progress(3).unwrap().state, ReplicationState::Snapshot);
     let ack = |next_offset, done| {
-        let r = InstallSnapshotResponse { index: LogIndex(4), success: true, next_offset, done };
+        let r = InstallSnapshotResponse { index: LogIndex(4), success: true, next_offset, done, attempt: 0 };
         msg(1, MessageKind::InstallSnapshotResponse(r))
     };
     l.step(3, ack(4, false));
@@ -82,19 +89,31 @@ fn leader_sends_the_snapshot_when_the_follower_needs_compacted_entries() {
     assert_eq!(ae[0].prev_log_index, LogIndex(4), "then the log from the snapshot on");
 }
 
-/// Chunks lost in flight: at the next heartbeat with no answer the leader resumes from the
-/// last byte the follower acknowledged; a follower that says where it is moves it there.
+/// Chunks lost in flight: after an election timeout with no answer the leader resumes from
+/// the last byte the follower acknowledged, in a new attempt; a refusal of the current
+/// attempt moves it to where the follower is, while a refusal of an older attempt (an
+/// answer to a duplicate) is ignored, so duplicates cannot multiply on a slow link.
 #[test]
 fn a_lost_chunk_is_resent_from_the_last_acknowledged_byte() {
     let mut l = compacted_leader();
     needs_entry_2(&mut l);
     assert_eq!(chunks_to(&sent(&mut l), 3).len(), 2);
-    for _ in 0..2 * cfg(1).heartbeat_ticks {
+    let c = cfg(1);
+    for _ in 0..c.election_ticks - c.heartbeat_ticks {
         l.tick();
     }
-    assert_eq!(chunks_to(&sent(&mut l), 3), vec![(0, 4), (4, 4)], "resent from 0 after a silent heartbeat");
-    let r = InstallSnapshotResponse { index: LogIndex(4), success: false, next_offset: 8, done: false };
-    l.step(3, msg(1, MessageKind::InstallSnapshotResponse(r)));
+    assert!(chunks_to(&sent(&mut l), 3).is_empty(), "a slow link is not a lost chunk");
+    for _ in 0..2 * c.heartbeat_ticks {
+        l.tick();
+    }
+    assert_eq!(chunks_to(&sent(&mut l), 3), vec![(0, 4), (4, 4)], "resent from 0 after an election timeout");
+    let refusal = |attempt| {
+        let r = InstallSnapshotResponse { index: LogIndex(4), success: false, next_offset: 8, done: false, attempt };
+        msg(1, MessageKind::InstallSnapshotResponse(r))
+    };
+    l.step(3, refusal(0));
+    assert!(chunks_to(&sent(&mut l), 3).is_empty(), "a refusal of the first attempt is stale");
+    l.step(3, refusal(1));
     assert_eq!(chunks_to(&sent(&mut l), 3), vec![(8, 2)], "the follower holds 8 bytes: resume there");
 }
 
@@ -111,14 +130,13 @@ fn follower_takes_chunks_in_order_and_installs_with_the_last() {
     f.step(1, chunk(2, &m, 10, 0, 4));
     let ready = persist(&mut f);
     assert_eq!(snapshot_answer(&ready.messages).next_offset, 4);
-    assert_eq!(ready.snapshot_chunks.len(), 1);
-    assert!(ready.install_snapshot.is_none());
+    assert!(matches!(ready.snapshot_work[..], [SnapshotWork::Chunk(_)]));
     f.step(1, chunk(2, &m, 10, 4, 4));
     f.step(1, chunk(2, &m, 10, 8, 2));
     let ready = persist(&mut f);
     let answers: Vec<_> = ready.messages.iter().map(|e| e.message.kind.clone()).collect();
     assert!(matches!(answers.last(), Some(MessageKind::InstallSnapshotResponse(r)) if r.done));
-    let order = ready.install_snapshot.expect("the last chunk installs");
+    let order = install_order(&ready).expect("the last chunk installs");
     assert!(!order.keep_log_after, "the log does not hold entry 6 of term 2");
     assert_eq!(order.info.size, 10);
     assert_eq!((f.log().snapshot_index(), f.log().last_index()), (LogIndex(6), LogIndex(6)));
@@ -134,7 +152,7 @@ fn a_log_holding_the_snapshot_point_keeps_what_follows() {
     let mut f = restarted(small_chunks(2), 3, 1, &[1, 1, 1, 1, 1]);
     f.step(1, chunk(1, &meta(3, 1, 3), 2, 0, 2));
     let ready = persist(&mut f);
-    assert!(ready.install_snapshot.expect("installed").keep_log_after);
+    assert!(install_order(&ready).expect("installed").keep_log_after);
     assert_eq!((f.log().snapshot_index(), f.log().last_index()), (LogIndex(3), LogIndex(5)));
     assert_eq!(f.commit_index(), LogIndex(3));
     assert_eq!(ready.log_changed_from, None, "nothing after the snapshot changed");
@@ -150,7 +168,7 @@ fn a_snapshot_the_follower_already_committed_is_answered_done() {
     f.step(1, chunk(1, &meta(2, 1, 3), 4, 0, 4));
     let ready = persist(&mut f);
     assert!(snapshot_answer(&ready.messages).done);
-    assert!(ready.install_snapshot.is_none() && ready.snapshot_chunks.is_empty());
+    assert!(ready.snapshot_work.is_empty());
     assert_eq!(f.log().last_index(), LogIndex(3));
 }
 
