@@ -96,13 +96,24 @@ impl Raft {
                 | MessageKind::Heartbeat { .. }
                 | MessageKind::TimeoutNow
         );
-        let vouched = self.vouched_leader.is_some_and(|(id, term)| id == from && term == msg.term);
+        // A vouch establishes that `from` is a member of the cluster leading at or after the
+        // vouched term (a leader's later terms are its own to start).
+        let vouched = self.vouched_leader.is_some_and(|(id, term)| id == from && msg.term >= term);
         from_a_leader && (from_leader || vouched || !self.membership.contains(self.cfg.id))
     }
 
-    /// Answers a pre-vote ignored in a lease with the leader of our term.
+    /// Answers a pre-vote ignored in a lease, or a LeaderQuery, with the leader of our
+    /// term. A server removed from the cluster that knows no leader names a voter of the
+    /// configuration that removed it: the members whose configuration is behind may know
+    /// no other voter, and would never hear from the cluster again (the simulator's churn
+    /// from one voter found it: the voter removed itself and handed over to a server
+    /// added after them).
     pub(super) fn send_leader_hint(&mut self, to: NodeId) {
-        if let Some(leader) = self.leader_id.filter(|&l| l != to) {
+        let me = self.cfg.id;
+        let successor = || self.membership.voters.keys().copied().find(|&v| v != me && v != to);
+        let removed = !self.membership.contains(me);
+        let hint = self.leader_id.or_else(|| if removed { successor() } else { None });
+        if let Some(leader) = hint.filter(|&l| l != to) {
             self.send(to, MessageKind::LeaderHint { leader });
         }
     }
@@ -223,7 +234,7 @@ mod tests {
     }
 
     /// A member whose configuration is behind hears a leader it does not know once a voter
-    /// it knows vouches for it, at the vouched term only; a non-member cannot vouch.
+    /// it knows vouches for it, from the vouched term on; a non-member cannot vouch.
     #[test]
     fn a_member_behind_hears_a_vouched_leader() {
         let mut r = Raft::new(cfg(1), voters(3));
@@ -236,10 +247,10 @@ mod tests {
         r.step(5, append(2, 1, &[1]));
         assert_eq!((r.leader_id(), r.log().last_index()), (None, LogIndex(0)), "not vouched by a member");
         r.step(2, Message { term: Term(2), kind: MessageKind::LeaderHint { leader: 5 } });
+        r.step(5, append(1, 1, &[1]));
+        assert_eq!(r.leader_id(), None, "vouched from term 2, not for term 1");
         r.step(5, append(3, 1, &[1]));
-        assert_eq!(r.leader_id(), None, "vouched for another term");
-        r.step(5, append(2, 1, &[1]));
-        assert_eq!((r.leader_id(), r.commit_index()), (Some(5), LogIndex(1)));
+        assert_eq!((r.leader_id(), r.commit_index()), (Some(5), LogIndex(1)), "a later term of the vouched member");
     }
 
     /// A follower in a lease answers a pre-vote with the leader it follows.
@@ -254,6 +265,24 @@ mod tests {
         let sent = r.take_ready().persisted_messages;
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].message, Message { term: Term(1), kind: MessageKind::LeaderHint { leader: 2 } });
+    }
+
+    /// A server removed from the cluster that knows no leader answers a LeaderQuery with a
+    /// voter of the configuration that removed it; one still a member and knowing no leader
+    /// says nothing.
+    #[test]
+    fn a_removed_server_names_a_voter_of_the_configuration_without_it() {
+        let without_1 = Membership::with_voters([(2, "n2".to_string()), (3, "n3".to_string())]);
+        let mut removed = Raft::new(cfg(1), without_1);
+        removed.step(2, Message { term: Term(0), kind: MessageKind::LeaderQuery });
+        let sent = removed.take_ready().persisted_messages;
+        assert!(matches!(
+            sent[..],
+            [crate::core::Envelope { to: 2, message: Message { kind: MessageKind::LeaderHint { leader: 3 }, .. } }]
+        ));
+        let mut member = Raft::new(cfg(1), voters(3));
+        member.step(2, Message { term: Term(0), kind: MessageKind::LeaderQuery });
+        assert!(member.take_ready().persisted_messages.is_empty());
     }
 
     /// A leader deposed by a heartbeat from a fake id at its own term (attack 3).

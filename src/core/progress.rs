@@ -33,7 +33,7 @@ pub struct SnapshotSend {
     /// (answers to duplicates the resend itself caused) are ignored, or each would start
     /// another resend and the duplicates would multiply on a slow link.
     pub attempt: u32,
-    /// Heartbeat intervals since the follower last answered.
+    /// Heartbeat intervals since the follower last answered (a rewind does not reset it).
     pub silent_heartbeats: u32,
 }
 
@@ -123,7 +123,14 @@ impl Progress {
         self.state = ReplicationState::Snapshot;
         self.inflight.clear();
         self.probe_sent = false;
-        self.snapshot = Some(SnapshotSend { index, next_offset: 0, acked_offset: 0, sent_last: false, attempt: 0, silent_heartbeats: 0 });
+        self.snapshot = Some(SnapshotSend {
+            index,
+            next_offset: 0,
+            acked_offset: 0,
+            sent_last: false,
+            attempt: 0,
+            silent_heartbeats: 0,
+        });
     }
 
     /// In Snapshot state: resends from what the follower acknowledged, or from `offset` if
@@ -136,7 +143,6 @@ impl Progress {
             t.next_offset = t.acked_offset;
             t.sent_last = false;
             t.attempt = t.attempt.wrapping_add(1);
-            t.silent_heartbeats = 0;
         }
     }
 

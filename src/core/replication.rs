@@ -205,8 +205,9 @@ impl Raft {
                 // connection dropped); resume from the last acknowledged byte. Not sooner:
                 // on a slow link a chunk may take longer than a heartbeat interval, and
                 // resending it would only compete with it.
-                t.silent_heartbeats += 1;
-                if t.silent_heartbeats.saturating_mul(self.cfg.heartbeat_ticks) >= self.cfg.election_ticks {
+                t.silent_heartbeats = t.silent_heartbeats.saturating_add(1);
+                let period = (self.cfg.election_ticks / self.cfg.heartbeat_ticks.max(1)).max(1);
+                if t.silent_heartbeats.is_multiple_of(period) {
                     pr.rewind_snapshot(None);
                 }
             }

@@ -5,11 +5,11 @@
 //! takes to its driver and, with the last one, replaces its log and state (its `Ready`'s
 //! `snapshot_work`, see [`super::Ready`]).
 
+use super::Membership;
 use super::Raft;
 use super::message::{InstallSnapshot, InstallSnapshotResponse, MessageKind, SnapshotMeta};
 use super::progress::ReplicationState;
 use super::types::{LogIndex, NodeId, Payload, Role};
-use super::Membership;
 
 /// A snapshot this server holds: what it covers and its length in bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +67,13 @@ impl Raft {
     /// The latest snapshot this server holds, if any.
     pub fn snapshot(&self) -> Option<&SnapshotInfo> {
         self.snapshot.as_ref()
+    }
+
+    /// Whether this leader is sending its snapshot to a follower that answered within the
+    /// last election timeout: a new snapshot would restart that transfer from its start.
+    pub fn sending_snapshot(&self) -> bool {
+        let period = (self.cfg.election_ticks / self.cfg.heartbeat_ticks.max(1)).max(1);
+        self.progress.values().filter_map(|p| p.snapshot).any(|t| t.silent_heartbeats < period)
     }
 
     /// The configuration in force at `index` (at or after the log's snapshot point): what a

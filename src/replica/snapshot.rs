@@ -35,9 +35,17 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         }
         let last = self.core.snapshot().map_or(self.core.log().snapshot_index(), |s| s.meta.index);
         let c = self.cfg.compaction;
-        if self.applied.0 - last.0.min(self.applied.0) < c.entries && self.applied_bytes_since < c.bytes
-            || self.applied < self.snapshot_not_before
-        {
+        let entries = self.applied.0.saturating_sub(last.0);
+        let by_entries = entries >= c.entries && self.applied >= self.snapshot_not_before;
+        let by_bytes = self.applied_bytes_since >= c.bytes; // reset by every attempt
+        if !by_entries && !by_bytes {
+            return;
+        }
+        // A new snapshot would restart a transfer under way from its first byte: wait for
+        // it, up to four thresholds' worth of log (so a transfer that never ends cannot
+        // keep the log growing).
+        let overdue = entries >= c.entries.saturating_mul(4) || self.applied_bytes_since >= c.bytes.saturating_mul(4);
+        if self.core.sending_snapshot() && !overdue {
             return;
         }
         let index = self.applied;
@@ -58,7 +66,8 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
     }
 
     /// After a failed snapshot, the next attempt waits for another threshold's worth of
-    /// entries. Not a safety matter: the log only stays longer meanwhile.
+    /// entries (or of bytes: every attempt resets that count). Not a safety matter: the
+    /// log only stays longer meanwhile.
     fn retry_snapshot_later(&mut self) {
         self.snapshot_not_before = LogIndex(self.applied.0.saturating_add(self.cfg.compaction.entries));
     }

@@ -367,9 +367,9 @@ fn an_install_after_a_truncation_in_the_same_turn_keeps_the_acked_entries() {
         let data = rmp_serde::to_vec_named(&Tally(4)).unwrap();
         r.step(3, snapshot_chunk(4, 2, &data, 0, data.len())); // and its snapshot at 4
         r.advance();
-        let acked_8 = r.drain_outbox().any(|e| {
-            matches!(&e.message.kind, MessageKind::AppendEntriesResponse(a) if a.success && a.index == LogIndex(8))
-        });
+        let acked_8 = r.drain_outbox().any(
+            |e| matches!(&e.message.kind, MessageKind::AppendEntriesResponse(a) if a.success && a.index == LogIndex(8)),
+        );
         assert!(acked_8 && r.poisoned().is_none());
     }
     let recovered = open().recover().unwrap();

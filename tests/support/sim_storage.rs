@@ -223,7 +223,10 @@ impl Storage for SimStorage {
 
     fn install_snapshot(&mut self, order: &InstallSnapshotOrder) -> io::Result<()> {
         let (meta, bytes) = self.receiving.take().expect("installing a snapshot never received");
-        assert!(meta == order.info.meta && bytes.len() as u64 == order.info.size, "installing another or an incomplete snapshot");
+        assert!(
+            meta == order.info.meta && bytes.len() as u64 == order.info.size,
+            "installing another or an incomplete snapshot"
+        );
         // As a file storage does: what was written before is synced first, then the
         // snapshot replaces the log it covers (or all of it).
         self.sync();

@@ -198,3 +198,24 @@ fn compaction_keeps_a_window_and_the_configuration_at_its_start() {
         "an older one is ignored"
     );
 }
+
+/// A leader says it is sending a snapshot while a follower is taking it (the replica then
+/// holds back a newer snapshot, which would restart the transfer), and not once the
+/// follower has it or fell silent for an election timeout.
+#[test]
+fn a_transfer_under_way_is_reported_until_done_or_silent() {
+    let mut l = compacted_leader();
+    assert!(!l.sending_snapshot());
+    needs_entry_2(&mut l);
+    persist(&mut l);
+    assert!(l.sending_snapshot());
+    let c = cfg(1);
+    for _ in 0..c.election_ticks + c.heartbeat_ticks {
+        l.tick();
+    }
+    assert!(!l.sending_snapshot(), "a silent follower does not hold compaction back");
+    let done = InstallSnapshotResponse { index: LogIndex(4), success: true, next_offset: 10, done: true, attempt: 1 };
+    l.step(3, msg(1, MessageKind::InstallSnapshotResponse(done)));
+    assert_eq!(l.progress(3).unwrap().state, ReplicationState::Replicate);
+    assert!(!l.sending_snapshot());
+}
