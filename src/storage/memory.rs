@@ -18,13 +18,19 @@ use crate::state_machine::Snapshot;
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
     appended: u64,
+    /// Boxed: the node loop holds memory and file storage in one enum.
+    snapshots: Box<Snapshots>,
+}
+
+#[derive(Debug, Default)]
+struct Snapshots {
     current: Option<(SnapshotInfo, Arc<Vec<u8>>)>,
     saving: Option<(SnapshotMeta, JoinHandle<io::Result<Vec<u8>>>)>,
     /// The snapshot being received and its bytes so far.
     receiving: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
-impl MemoryStorage {
+impl Snapshots {
     fn make_current(&mut self, info: SnapshotInfo, bytes: Vec<u8>) {
         if self.current.as_ref().is_none_or(|(c, _)| c.meta.index < info.meta.index) {
             self.current = Some((info, Arc::new(bytes)));
@@ -51,7 +57,7 @@ impl Storage for MemoryStorage {
     }
 
     fn save_snapshot(&mut self, meta: SnapshotMeta, snapshot: Snapshot) -> io::Result<()> {
-        if self.saving.is_some() {
+        if self.snapshots.saving.is_some() {
             return Err(io::Error::other("a snapshot is already being saved"));
         }
         let handle = std::thread::Builder::new().name("quorate-snapshot".into()).spawn(move || {
@@ -59,27 +65,27 @@ impl Storage for MemoryStorage {
             snapshot.write_to(&mut bytes)?;
             Ok(bytes)
         })?;
-        self.saving = Some((meta, handle));
+        self.snapshots.saving = Some((meta, handle));
         Ok(())
     }
 
     fn poll_snapshot(&mut self) -> Option<io::Result<SnapshotInfo>> {
-        if !self.saving.as_ref()?.1.is_finished() {
+        if !self.snapshots.saving.as_ref()?.1.is_finished() {
             return None;
         }
-        let (meta, handle) = self.saving.take().expect("checked");
+        let (meta, handle) = self.snapshots.saving.take().expect("checked");
         let bytes = match handle.join() {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(e)) => return Some(Err(e)),
             Err(_) => return Some(Err(io::Error::other("the snapshot writer panicked"))),
         };
         let info = SnapshotInfo { meta, size: bytes.len() as u64 };
-        self.make_current(info.clone(), bytes);
+        self.snapshots.make_current(info.clone(), bytes);
         Some(Ok(info))
     }
 
     fn read_snapshot(&mut self, index: LogIndex, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let (info, bytes) = self.current.as_ref().ok_or_else(|| io::Error::other("no snapshot"))?;
+        let (info, bytes) = self.snapshots.current.as_ref().ok_or_else(|| io::Error::other("no snapshot"))?;
         if info.meta.index != index {
             return Err(io::Error::other(format!("snapshot {index} was replaced by {}", info.meta.index)));
         }
@@ -90,15 +96,15 @@ impl Storage for MemoryStorage {
     }
 
     fn open_snapshot(&mut self) -> io::Result<Box<dyn Read + '_>> {
-        let (_, bytes) = self.current.as_ref().ok_or_else(|| io::Error::other("no snapshot"))?;
+        let (_, bytes) = self.snapshots.current.as_ref().ok_or_else(|| io::Error::other("no snapshot"))?;
         Ok(Box::new(&bytes[..]))
     }
 
     fn receive_snapshot(&mut self, chunk: &SnapshotChunk) -> io::Result<()> {
         if chunk.offset == 0 {
-            self.receiving = Some((chunk.meta.clone(), Vec::new()));
+            self.snapshots.receiving = Some((chunk.meta.clone(), Vec::new()));
         }
-        match &mut self.receiving {
+        match &mut self.snapshots.receiving {
             Some((meta, bytes)) if *meta == chunk.meta && chunk.offset == bytes.len() as u64 => {
                 bytes.extend_from_slice(&chunk.data);
                 Ok(())
@@ -108,9 +114,9 @@ impl Storage for MemoryStorage {
     }
 
     fn install_snapshot(&mut self, order: &InstallSnapshotOrder) -> io::Result<()> {
-        match self.receiving.take() {
+        match self.snapshots.receiving.take() {
             Some((meta, bytes)) if meta == order.info.meta && bytes.len() as u64 == order.info.size => {
-                self.make_current(order.info.clone(), bytes);
+                self.snapshots.make_current(order.info.clone(), bytes);
                 Ok(())
             }
             _ => Err(io::Error::other("the received snapshot is not the one to install, or incomplete")),
