@@ -256,4 +256,34 @@ mod tests {
             assert_eq!(msg.check_well_formed().is_ok(), *ok, "case {k}");
         }
     }
+
+    fn chunk(term: u64, index: u64, meta_term: u64, size: u64, offset: u64, len: usize, voters: &[u64]) -> Message {
+        let membership = Membership::with_voters(voters.iter().map(|&id| (id, String::new())));
+        let meta = SnapshotMeta { index: LogIndex(index), term: Term(meta_term), membership };
+        let is = InstallSnapshot { meta, size, offset, attempt: 0, data: vec![0; len] };
+        Message { term: Term(term), kind: MessageKind::InstallSnapshot(is) }
+    }
+
+    #[test]
+    fn install_snapshot_shape_is_checked() {
+        let cases = [
+            (chunk(3, 10, 2, 100, 0, 10, &[1]), true),
+            (chunk(3, 10, 2, 100, 90, 10, &[1]), true),
+            (chunk(3, 10, 2, 0, 0, 0, &[1]), true), // an empty snapshot: one empty chunk
+            (chunk(3, 10, 2, 100, 95, 10, &[1]), false), // beyond the size
+            (chunk(3, 10, 2, u64::MAX, u64::MAX, 10, &[1]), false), // offset + len overflows
+            (chunk(3, 0, 2, 100, 0, 10, &[1]), false), // index 0
+            (chunk(3, INDEX_MAX, 2, 100, 0, 10, &[1]), false), // an index no log reaches
+            (chunk(3, 10, 4, 100, 0, 10, &[1]), false), // snapshot term above the message's
+            (chunk(3, 10, 2, 100, 0, 10, &[]), false), // no voters
+        ];
+        for (k, (msg, ok)) in cases.iter().enumerate() {
+            assert_eq!(msg.check_well_formed().is_ok(), *ok, "case {k}");
+        }
+        let mut learner_too = chunk(3, 10, 2, 100, 0, 10, &[1]);
+        if let MessageKind::InstallSnapshot(is) = &mut learner_too.kind {
+            is.meta.membership.learners.insert(1, String::new());
+        }
+        assert!(learner_too.check_well_formed().is_err(), "a voter that is also a learner");
+    }
 }

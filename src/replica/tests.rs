@@ -396,3 +396,38 @@ fn the_last_chunk_of_one_snapshot_and_the_first_of_the_next_in_one_turn() {
     assert_eq!(r.applied(), LogIndex(4));
     assert_eq!(r.machine().0, 4, "installed from its own bytes");
 }
+
+/// A snapshot records the configuration in force at its index, not a later one already in
+/// the log (which may still be truncated): found by mutation, no other test noticed.
+#[test]
+fn a_snapshot_records_the_configuration_at_its_index() {
+    let cfg = ReplicaConfig {
+        core: CoreConfig::new(1),
+        initial: Membership::with_voters([(1, "n1".to_string())]),
+        tick: Duration::from_millis(10),
+        request_timeout: Duration::from_secs(1),
+        apply_entries_max: 1,
+        compaction: super::Compaction { entries: 2, bytes: u64::MAX, keep_entries: 0 },
+        apply_time_max: None,
+    };
+    let mut r: Replica<Tally, _, Local> =
+        Replica::new(cfg, crate::storage::MemoryStorage::default(), Tally::default()).unwrap();
+    r.on_request(Request::TriggerElection { reply: crate::runtime::request::reply_slot().0 });
+    r.advance(); // leads; its no-op (1) commits and applies
+    let (reply, _w) = crate::runtime::request::reply_slot();
+    r.on_request(Request::Write { command: rmp_serde::to_vec(&()).unwrap(), reply }); // index 2
+    let (reply, _a) = crate::runtime::request::reply_slot();
+    r.on_request(Request::AddServer { id: 2, addr: "n2".into(), reply }); // index 3: a learner
+    r.advance(); // commits both, applies one: the snapshot is taken at 2
+    assert_eq!(r.applied(), LogIndex(2));
+    assert!(r.core().membership().learners.contains_key(&2));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while r.core().snapshot().is_none() {
+        assert!(std::time::Instant::now() < deadline, "no snapshot");
+        std::thread::yield_now();
+        r.advance();
+    }
+    let meta = &r.core().snapshot().unwrap().meta;
+    assert_eq!(meta.index, LogIndex(2));
+    assert!(meta.membership.learners.is_empty(), "the learner was added after the snapshot's index");
+}

@@ -127,3 +127,48 @@ impl Storage for MemoryStorage {
         Ok(()) // the core's log is the only copy
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Membership, Term};
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta { index: LogIndex(index), term: Term(1), membership: Membership::default() }
+    }
+
+    /// A save that finishes after a newer snapshot was installed does not replace it: the
+    /// current snapshot is the newest, the one the core sends.
+    #[test]
+    fn a_save_overtaken_by_an_install_does_not_replace_it() {
+        let mut s = MemoryStorage::default();
+        s.save_snapshot(meta(10), Snapshot::new(|w| w.write_all(b"old"))).unwrap();
+        let chunk = SnapshotChunk { meta: meta(20), offset: 0, data: b"newer".to_vec() };
+        s.receive_snapshot(&chunk).unwrap();
+        let info = SnapshotInfo { meta: meta(20), size: 5 };
+        s.install_snapshot(&InstallSnapshotOrder { info, keep_log_after: false }).unwrap();
+        let saved = loop {
+            if let Some(saved) = s.poll_snapshot() {
+                break saved.unwrap();
+            }
+            std::thread::yield_now();
+        };
+        assert_eq!(saved.meta.index, LogIndex(10));
+        let mut buf = [0; 5];
+        s.read_snapshot(LogIndex(20), 0, &mut buf).unwrap();
+        assert_eq!(&buf, b"newer");
+        assert!(s.read_snapshot(LogIndex(10), 0, &mut [0; 3]).is_err());
+    }
+
+    /// Chunks of another snapshot, or out of order, are refused, and so is installing
+    /// anything but the complete received snapshot.
+    #[test]
+    fn only_the_complete_received_snapshot_installs() {
+        let mut s = MemoryStorage::default();
+        s.receive_snapshot(&SnapshotChunk { meta: meta(5), offset: 0, data: vec![1, 2] }).unwrap();
+        assert!(s.receive_snapshot(&SnapshotChunk { meta: meta(6), offset: 2, data: vec![3] }).is_err());
+        assert!(s.receive_snapshot(&SnapshotChunk { meta: meta(5), offset: 3, data: vec![3] }).is_err());
+        let incomplete = SnapshotInfo { meta: meta(5), size: 3 };
+        assert!(s.install_snapshot(&InstallSnapshotOrder { info: incomplete, keep_log_after: false }).is_err());
+    }
+}

@@ -4,7 +4,8 @@
 //! decodes them.
 
 use quorate::core::{
-    AppendEntries, AppendEntriesResponse, Entry, LogIndex, Message, MessageKind, Payload, RequestVote, Term,
+    AppendEntries, AppendEntriesResponse, Entry, InstallSnapshot, InstallSnapshotResponse, LogIndex, Membership,
+    Message, MessageKind, Payload, RequestVote, SnapshotMeta, Term,
 };
 
 use super::sim::{Rng, Sim};
@@ -56,7 +57,7 @@ fn index(rng: &mut Rng, near: u64) -> LogIndex {
 /// A random message whose numbers are near `(term, index)` or wild.
 pub fn message(rng: &mut Rng, near_term: u64, near_index: u64) -> Message {
     let t = term(rng, near_term);
-    let kind = match rng.between(0, 6) {
+    let kind = match rng.between(0, 8) {
         0 => MessageKind::RequestVote(RequestVote {
             last_log_index: index(rng, near_index),
             last_log_term: Term(t.0.saturating_sub(rng.between(0, 1))),
@@ -89,6 +90,24 @@ pub fn message(rng: &mut Rng, near_term: u64, near_index: u64) -> Message {
         }),
         4 => MessageKind::Heartbeat { commit: index(rng, near_index), read_seq: wild(rng) },
         5 => MessageKind::HeartbeatResponse { read_seq: wild(rng) },
+        6 => {
+            let voters: Vec<_> = (0..rng.between(0, 2)).map(|_| (wild(rng), "x".to_string())).collect();
+            let meta = SnapshotMeta {
+                index: index(rng, near_index),
+                term: Term(t.0.saturating_sub(rng.between(0, 1))),
+                membership: Membership::with_voters(voters),
+            };
+            let data = vec![rng.next_u64() as u8; rng.between(0, 16) as usize];
+            let (size, offset) = (wild(rng), if rng.chance(0.5) { 0 } else { wild(rng) });
+            MessageKind::InstallSnapshot(InstallSnapshot { meta, size, offset, attempt: wild(rng) as u32, data })
+        }
+        7 => MessageKind::InstallSnapshotResponse(InstallSnapshotResponse {
+            index: index(rng, near_index),
+            success: rng.chance(0.5),
+            next_offset: wild(rng),
+            done: rng.chance(0.5),
+            attempt: wild(rng) as u32,
+        }),
         _ => MessageKind::TimeoutNow,
     };
     Message { term: t, kind }

@@ -219,3 +219,32 @@ fn a_transfer_under_way_is_reported_until_done_or_silent() {
     assert_eq!(l.progress(3).unwrap().state, ReplicationState::Replicate);
     assert!(!l.sending_snapshot());
 }
+
+/// Figure 13, step 6, the other way: a log whose entry at the snapshot's index has another
+/// term is not the leader's after it, and goes entirely.
+#[test]
+fn a_log_with_another_term_at_the_snapshot_point_is_discarded() {
+    let mut f = restarted(small_chunks(2), 3, 1, &[1, 1, 1, 1, 1]);
+    f.step(1, chunk(2, &meta(3, 2, 3), 2, 0, 2));
+    let ready = persist(&mut f);
+    assert!(!install_order(&ready).expect("installed").keep_log_after);
+    assert_eq!((f.log().snapshot_index(), f.log().last_index()), (LogIndex(3), LogIndex(3)));
+    assert_eq!(f.log().term_at(LogIndex(3)), Some(Term(2)));
+}
+
+/// An AppendEntries whose previous entry is compacted away is answered with the commit
+/// index, not the last index: entries after the commit point may be another leader's, and
+/// the leader must not count them as matching.
+#[test]
+fn an_append_before_the_snapshot_point_is_answered_with_the_commit_index() {
+    let mut f = restarted(small_chunks(2), 3, 1, &[1, 1]);
+    f.step(1, chunk(1, &meta(5, 1, 3), 2, 0, 2)); // snapshot and commit at 5
+    persist(&mut f);
+    f.step(1, append(1, (5, 1), entries_from(6, &[1, 1]), 5)); // a term-1 tail at 6..=7
+    persist(&mut f);
+    assert_eq!(f.log().last_index(), LogIndex(7));
+    f.step(3, append(3, (3, 1), entries_from(4, &[1, 1, 3, 3]), 5)); // a term-3 leader, prev 3
+    let r = append_answer(&persist(&mut f).messages);
+    assert!(r.success);
+    assert_eq!(r.index, LogIndex(5), "only the committed prefix is known to match");
+}
