@@ -106,9 +106,7 @@ impl Raft {
                 return;
             }
             if pr.on_success(r.index) {
-                self.maybe_commit();
-                self.maybe_send_timeout_now(from);
-                self.maybe_promote(from);
+                self.on_match_advanced(from);
             }
             return;
         }
@@ -130,6 +128,14 @@ impl Raft {
         };
         let pr = self.progress.get_mut(&from).expect("checked above");
         pr.become_probe(hint.min(r.index));
+    }
+
+    /// A follower's match index moved: the commit may advance, a transfer to it may hand
+    /// over, a learner may be promoted.
+    pub(super) fn on_match_advanced(&mut self, from: NodeId) {
+        self.maybe_commit();
+        self.maybe_send_timeout_now(from);
+        self.maybe_promote(from);
     }
 
     /// A follower's handling of a heartbeat: it learns the leader and the commit index.

@@ -155,9 +155,7 @@ impl Raft {
             // The follower holds everything through the snapshot's index, which is
             // committed, so its log matches ours that far.
             if r.index <= last_index && pr.on_success(r.index) {
-                self.maybe_commit();
-                self.maybe_send_timeout_now(from);
-                self.maybe_promote(from);
+                self.on_match_advanced(from);
             }
             return;
         }
