@@ -109,6 +109,14 @@ const REGRESSIONS: &[(u64, u64, bool)] = &[
     // leader and they never caught up. A removed server now names a voter of the
     // configuration that removed it, and a vouch holds for the vouched member's later terms.
     (114, 1, true),
+    // Found by the 112,000-seed soak. A leader that had just removed itself took a forged
+    // heartbeat from a non-member (the exception for servers outside their configuration
+    // was meant for `join()` servers with none) and committed its own uncommitted entry.
+    // Now only a server with no configuration at all takes any leader's word.
+    (509661, 3, true),
+    // A learner behind knew only a voter since removed, which knew no leader and said
+    // nothing; a server knowing no leader now names the voters it knows.
+    (511405, 1, true),
 ];
 
 #[test]

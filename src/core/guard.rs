@@ -43,6 +43,9 @@ impl Refused {
     }
 }
 
+/// Most servers outside our configuration we keep a voter's vouch for.
+const VOUCHED_MAX: usize = 8;
+
 /// Why [`Raft::screen`] dropped a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Refusal {
@@ -79,8 +82,8 @@ impl Raft {
     /// AppendEntries, InstallSnapshot, Heartbeat or TimeoutNow (responses need no exception: a leader's
     /// progress map holds members only, learners included):
     ///
-    /// - to a server not yet in its own configuration: a `join()` server being added
-    ///   learns the configuration from the leader's log (§4.1);
+    /// - to a server with no configuration yet: a `join()` server being added learns the
+    ///   configuration from the leader's log (§4.1);
     /// - from the leader accepted in this term, which may since have removed itself
     ///   (§4.2.2: it tells followers the commit index and hands over before it leaves);
     /// - from a leader a voter we know vouched for in its [`MessageKind::LeaderHint`]: our
@@ -98,22 +101,26 @@ impl Raft {
         );
         // A vouch establishes that `from` is a member of the cluster leading at or after the
         // vouched term (a leader's later terms are its own to start).
-        let vouched = self.vouched_leader.is_some_and(|(id, term)| id == from && msg.term >= term);
-        from_a_leader && (from_leader || vouched || !self.membership.contains(self.cfg.id))
+        let vouched = self.vouched.iter().any(|&(id, term)| id == from && msg.term >= term);
+        // Only a server with no configuration at all (a `join()` server not yet reached)
+        // takes any leader's word: one removed from its latest configuration hears the
+        // leader of that configuration like any member (the simulator's hostile input found
+        // a leader that had just removed itself committing on a forged heartbeat).
+        from_a_leader && (from_leader || vouched || self.membership.voters.is_empty())
     }
 
     /// Answers a pre-vote ignored in a lease, or a LeaderQuery, with the leader of our
-    /// term. A server removed from the cluster that knows no leader names a voter of the
-    /// configuration that removed it: the members whose configuration is behind may know
-    /// no other voter, and would never hear from the cluster again (the simulator's churn
-    /// from one voter found it: the voter removed itself and handed over to a server
-    /// added after them).
+    /// term; knowing none, with the voters of our latest configuration. A member whose
+    /// configuration is behind may know no voter that is still in the cluster, except
+    /// through us: the simulator's churn from one voter found learners that knew only a
+    /// voter since removed, which itself knew only the server that leads now.
     pub(super) fn send_leader_hint(&mut self, to: NodeId) {
         let me = self.cfg.id;
-        let successor = || self.membership.voters.keys().copied().find(|&v| v != me && v != to);
-        let removed = !self.membership.contains(me);
-        let hint = self.leader_id.or_else(|| if removed { successor() } else { None });
-        if let Some(leader) = hint.filter(|&l| l != to) {
+        let hints: Vec<NodeId> = match self.leader_id {
+            Some(leader) => vec![leader],
+            None => self.membership.voters.keys().copied().filter(|&v| v != me).take(VOUCHED_MAX).collect(),
+        };
+        for leader in hints.into_iter().filter(|&l| l != to) {
             self.send(to, MessageKind::LeaderHint { leader });
         }
     }
@@ -127,11 +134,16 @@ impl Raft {
         }
     }
 
-    /// Remembers a leader outside our configuration that a voter we know vouches for.
+    /// Remembers a server outside our configuration that a voter we know vouches for (a
+    /// few of them: a voter knowing no leader names every voter it knows).
     pub(super) fn on_leader_hint(&mut self, from: NodeId, term: Term, leader: NodeId) {
         if self.membership.is_voter(from) && !self.membership.contains(leader) && leader != self.cfg.id {
-            ::log::debug!("node {}: node {from} says node {leader} leads {term}", self.cfg.id);
-            self.vouched_leader = Some((leader, term));
+            ::log::debug!("node {}: node {from} vouches for node {leader} from {term}", self.cfg.id);
+            self.vouched.retain(|&(id, _)| id != leader);
+            if self.vouched.len() == VOUCHED_MAX {
+                self.vouched.remove(0);
+            }
+            self.vouched.push((leader, term));
         }
     }
 
@@ -267,22 +279,30 @@ mod tests {
         assert_eq!(sent[0].message, Message { term: Term(1), kind: MessageKind::LeaderHint { leader: 2 } });
     }
 
-    /// A server removed from the cluster that knows no leader answers a LeaderQuery with a
-    /// voter of the configuration that removed it; one still a member and knowing no leader
-    /// says nothing.
+    /// A server that knows no leader answers a LeaderQuery with the voters of its latest
+    /// configuration (but itself and the asker), removed from it or not.
     #[test]
-    fn a_removed_server_names_a_voter_of_the_configuration_without_it() {
+    fn a_server_knowing_no_leader_names_the_voters_it_knows() {
+        let hints = |r: &mut Raft| -> Vec<(NodeId, NodeId)> {
+            let sent = r.take_ready().persisted_messages;
+            sent.iter()
+                .filter_map(|e| match e.message.kind {
+                    MessageKind::LeaderHint { leader } => Some((e.to, leader)),
+                    _ => None,
+                })
+                .collect()
+        };
         let without_1 = Membership::with_voters([(2, "n2".to_string()), (3, "n3".to_string())]);
         let mut removed = Raft::new(cfg(1), without_1);
         removed.step(2, Message { term: Term(0), kind: MessageKind::LeaderQuery });
-        let sent = removed.take_ready().persisted_messages;
-        assert!(matches!(
-            sent[..],
-            [crate::core::Envelope { to: 2, message: Message { kind: MessageKind::LeaderHint { leader: 3 }, .. } }]
-        ));
+        assert_eq!(hints(&mut removed), vec![(2, 3)]);
         let mut member = Raft::new(cfg(1), voters(3));
         member.step(2, Message { term: Term(0), kind: MessageKind::LeaderQuery });
-        assert!(member.take_ready().persisted_messages.is_empty());
+        assert_eq!(hints(&mut member), vec![(2, 3)]);
+        member.step(2, heartbeat(1));
+        member.take_ready();
+        member.step(3, Message { term: Term(1), kind: MessageKind::LeaderQuery });
+        assert_eq!(hints(&mut member), vec![(3, 2)], "knowing the leader, it names the leader only");
     }
 
     /// A leader deposed by a heartbeat from a fake id at its own term (attack 3).

@@ -199,8 +199,9 @@ pub struct Raft {
     snapshot: Option<SnapshotInfo>,
     /// A snapshot being received from the leader.
     incoming: Option<snapshot::Incoming>,
-    /// A leader outside our configuration that a voter we know named, and its term.
-    vouched_leader: Option<(NodeId, Term)>,
+    /// Servers outside our configuration that a voter we know vouched for, and from which
+    /// term (see `guard.rs`).
+    vouched: Vec<(NodeId, Term)>,
 }
 
 impl Raft {
@@ -258,7 +259,7 @@ impl Raft {
             hard_dirty: false,
             anomalies: 0,
             refused: Refused::default(),
-            vouched_leader: None,
+            vouched: Vec::new(),
             snapshot,
             incoming: None,
         };

@@ -14,8 +14,10 @@ use super::sim::{Rng, Sim};
 pub const INJECT_CHANCE: f64 = 0.05;
 
 /// Sends one hostile message to a random live server that is in its own configuration. A
-/// server not yet in one (a `join()` server being added) must take a leader's word from
-/// anyone, by design: the cluster secret, not the core, keeps forgers from it.
+/// server with none (a `join()` server being added) must take a leader's word from
+/// anyone, by design: the cluster secret, not the core, keeps forgers from it. (One that
+/// has left its configuration by the time the message arrives is fair game: it hears only
+/// the leaders it knows.)
 pub fn inject(sim: &mut Sim) {
     let targets: Vec<u64> = sim
         .live_ids()
