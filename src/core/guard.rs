@@ -82,8 +82,8 @@ impl Raft {
     /// AppendEntries, InstallSnapshot, Heartbeat or TimeoutNow (responses need no exception: a leader's
     /// progress map holds members only, learners included):
     ///
-    /// - to a server with no configuration yet: a `join()` server being added learns the
-    ///   configuration from the leader's log (§4.1);
+    /// - to a server never yet in a configuration: a `join()` server being added learns
+    ///   the configuration from the leader's log (§4.1), whose early entries predate it;
     /// - from the leader accepted in this term, which may since have removed itself
     ///   (§4.2.2: it tells followers the commit index and hands over before it leaves);
     /// - from a leader a voter we know vouched for in its [`MessageKind::LeaderHint`]: our
@@ -102,11 +102,11 @@ impl Raft {
         // A vouch establishes that `from` is a member of the cluster leading at or after the
         // vouched term (a leader's later terms are its own to start).
         let vouched = self.vouched.iter().any(|&(id, term)| id == from && msg.term >= term);
-        // Only a server with no configuration at all (a `join()` server not yet reached)
-        // takes any leader's word: one removed from its latest configuration hears the
-        // leader of that configuration like any member (the simulator's hostile input found
-        // a leader that had just removed itself committing on a forged heartbeat).
-        from_a_leader && (from_leader || vouched || self.membership.voters.is_empty())
+        // Only a server never yet in a configuration (a `join()` server whose log has not
+        // reached its own addition) takes any leader's word: one removed since hears the
+        // leaders it knows like any member (the simulator's hostile input found a leader
+        // that had just removed itself committing on a forged heartbeat).
+        from_a_leader && (from_leader || vouched || !self.was_member)
     }
 
     /// Answers a pre-vote ignored in a lease, or a LeaderQuery, with the leader of our

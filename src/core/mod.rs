@@ -202,6 +202,9 @@ pub struct Raft {
     /// Servers outside our configuration that a voter we know vouched for, and from which
     /// term (see `guard.rs`).
     vouched: Vec<(NodeId, Term)>,
+    /// This server has been in a configuration of its log (or its snapshot's): until then
+    /// it is a `join()` server being added, which takes any leader's word (see `guard.rs`).
+    was_member: bool,
 }
 
 impl Raft {
@@ -260,10 +263,14 @@ impl Raft {
             anomalies: 0,
             refused: Refused::default(),
             vouched: Vec::new(),
+            was_member: false,
             snapshot,
             incoming: None,
         };
         raft.membership_index = raft.log.snapshot_index();
+        let me = raft.cfg.id;
+        raft.was_member = raft.base_membership.contains(me)
+            || raft.log.entries().iter().any(|e| matches!(&e.payload, Payload::Config(m) if m.contains(me)));
         raft.reload_membership();
         raft.reset_election_timer();
         raft
@@ -532,6 +539,7 @@ impl Raft {
             _ => None,
         });
         let (index, membership) = latest.unwrap_or((self.log.snapshot_index(), self.base_membership.clone()));
+        self.was_member |= membership.contains(self.cfg.id);
         if (index, &membership) != (self.membership_index, &self.membership) {
             self.ready.soft_state_changed = true;
         }
