@@ -324,6 +324,53 @@ mod tests {
         let mut r = Raft::new(cfg(4), Membership::default());
         r.step(1, append(3, 1, &[1]));
         assert_eq!((r.leader_id(), r.commit_index()), (Some(1), LogIndex(1)));
+        // Its log now holds a configuration from before its addition: still not a member,
+        // it still hears a leader it does not know (another term's, here).
+        let config = Entry { term: Term(3), index: LogIndex(2), payload: Payload::Config(voters(3)) };
+        r.step(
+            1,
+            Message {
+                term: Term(3),
+                kind: MessageKind::AppendEntries(AppendEntries {
+                    prev_log_index: LogIndex(1),
+                    prev_log_term: Term(3),
+                    entries: vec![config],
+                    leader_commit: LogIndex(2),
+                }),
+            },
+        );
+        assert_eq!(r.membership(), &voters(3));
+        let entry = Entry { term: Term(4), index: LogIndex(3), payload: Payload::Command(vec![1]) };
+        let ae = AppendEntries {
+            prev_log_index: LogIndex(2),
+            prev_log_term: Term(3),
+            entries: vec![entry],
+            leader_commit: LogIndex(2),
+        };
+        r.step(7, Message { term: Term(4), kind: MessageKind::AppendEntries(ae) });
+        assert_eq!((r.leader_id(), r.log().last_index()), (Some(7), LogIndex(3)));
+    }
+
+    /// A server removed from its configuration hears only the leaders it knows: a forged
+    /// heartbeat cannot make it commit (the soak's seed 509661: a leader that had just
+    /// removed itself committed its own uncommitted removal on one).
+    #[test]
+    fn a_removed_server_does_not_take_a_strangers_word() {
+        let only = |id: NodeId| Membership::with_voters([(id, format!("n{id}"))]);
+        let log = crate::core::Log::new(
+            LogIndex(0),
+            Term(0),
+            vec![
+                Entry { term: Term(1), index: LogIndex(1), payload: Payload::Config(only(1)) },
+                Entry { term: Term(1), index: LogIndex(2), payload: Payload::Config(only(2)) }, // 1 removed, uncommitted
+            ],
+        );
+        let hard = crate::core::HardState { current_term: Term(1), voted_for: Some(1) };
+        let mut r = Raft::recover(cfg(1), hard, log, Membership::default(), None);
+        assert!(!r.membership().contains(1));
+        r.step(99, Message { term: Term(5), kind: MessageKind::Heartbeat { commit: LogIndex(1000), read_seq: 0 } });
+        assert_eq!(r.commit_index(), LogIndex(0), "a stranger's heartbeat moved the commit");
+        assert_eq!(r.refused().non_member, 1);
     }
 
     /// A forced election is honoured only from this term's leader (§3.10).
