@@ -33,7 +33,8 @@ pub struct SnapshotChunk {
 
 /// The last chunk arrived: the driver makes the received snapshot durable and current,
 /// drops its stored log through `info.meta.index` (and after it too, unless `keep_log_after`)
-/// and restores the state machine from it, before writing the rest of this [`Ready`].
+/// and restores the state machine from it, before writing the rest of this
+/// [`Ready`](super::Ready).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstallSnapshotOrder {
     /// The snapshot.
