@@ -217,6 +217,22 @@ pub struct Sim {
     pub refused_seen: u64,
 }
 
+/// What the core counts as durable is on the disk: its entry at the persisted index (if
+/// neither side compacted past it) is the disk's, so an acknowledgement or a leader's own
+/// vote toward a commit rests on a copy that survives a crash.
+fn check_persisted_on_disk(raft: &Raft, disk: &Disk) {
+    let p = raft.persisted_index();
+    if p <= raft.log().snapshot_index() || p <= disk.log.snapshot_index() {
+        return;
+    }
+    assert_eq!(
+        disk.log.term_at(p),
+        raft.log().term_at(p),
+        "node {}: persisted through {p}, but the disk does not hold that entry",
+        raft.id()
+    );
+}
+
 impl Sim {
     /// `n` servers that all start with the same configuration {1..=n}.
     pub fn new(seed: u64, n: u64, faults: Faults) -> Sim {
@@ -368,6 +384,7 @@ impl Sim {
         node.backlog = replica.advance();
         let changed_from = replica.storage_mut().take_changed_from();
         replica.check_invariants();
+        check_persisted_on_disk(replica.core(), &node.disk.borrow());
         self.checker.check_node(replica.core(), &mut node.check, changed_from);
         let machine = replica.machine();
         self.checker.check_machine(id, machine.count, machine.hash.0);
