@@ -73,16 +73,31 @@ impl StateMachine for Nothing {
     fn apply(&mut self, _: ()) {}
 }
 
-fn follower(storage: ManualStorage) -> Replica<Nothing, ManualStorage, Local> {
-    let cfg = ReplicaConfig {
-        core: CoreConfig::new(2),
-        initial: Membership::with_voters((1..=3).map(|id| (id, format!("n{id}")))),
+/// Test settings: a 10 ms tick, a 1 s request timeout, no time bound on applying.
+fn replica_cfg(
+    core: CoreConfig,
+    initial: Membership,
+    apply_entries_max: u64,
+    compaction: super::Compaction,
+) -> ReplicaConfig {
+    ReplicaConfig {
+        core,
+        initial,
         tick: Duration::from_millis(10),
         request_timeout: Duration::from_secs(1),
-        apply_entries_max: 16,
-        compaction: Default::default(),
+        apply_entries_max,
+        compaction,
         apply_time_max: None,
-    };
+    }
+}
+
+fn follower(storage: ManualStorage) -> Replica<Nothing, ManualStorage, Local> {
+    let cfg = replica_cfg(
+        CoreConfig::new(2),
+        Membership::with_voters((1..=3).map(|id| (id, format!("n{id}")))),
+        16,
+        Default::default(),
+    );
     Replica::new(cfg, storage, Nothing).unwrap()
 }
 
@@ -159,15 +174,7 @@ impl StateMachine for Fragile {
 fn lone_voter() -> Replica<Fragile, crate::storage::MemoryStorage, Local> {
     let mut core = CoreConfig::new(1);
     core.max_append_bytes = 64;
-    let cfg = ReplicaConfig {
-        core,
-        initial: Membership::with_voters([(1, "n1".to_string())]),
-        tick: Duration::from_millis(10),
-        request_timeout: Duration::from_secs(1),
-        apply_entries_max: 1,
-        compaction: Default::default(),
-        apply_time_max: None,
-    };
+    let cfg = replica_cfg(core, Membership::with_voters([(1, "n1".to_string())]), 1, Default::default());
     let mut r = Replica::new(cfg, crate::storage::MemoryStorage::default(), Fragile::default()).unwrap();
     r.on_request(Request::TriggerElection { reply: crate::runtime::request::reply_slot().0 });
     r.advance();
@@ -269,15 +276,12 @@ impl Storage for NoRoomForSnapshots {
 }
 
 fn tally_voter<S: Storage>(storage: S) -> Replica<Tally, S, Local> {
-    let cfg = ReplicaConfig {
-        core: CoreConfig::new(1),
-        initial: Membership::with_voters([(1, "n1".to_string())]),
-        tick: Duration::from_millis(10),
-        request_timeout: Duration::from_secs(1),
-        apply_entries_max: 16,
-        compaction: super::Compaction { entries: 4, bytes: u64::MAX, keep_entries: 1 },
-        apply_time_max: None,
-    };
+    let cfg = replica_cfg(
+        CoreConfig::new(1),
+        Membership::with_voters([(1, "n1".to_string())]),
+        16,
+        super::Compaction { entries: 4, bytes: u64::MAX, keep_entries: 1 },
+    );
     let mut r = Replica::new(cfg, storage, Tally::default()).unwrap();
     r.on_request(Request::TriggerElection { reply: crate::runtime::request::reply_slot().0 });
     r.advance();
@@ -328,15 +332,7 @@ fn three_voters() -> Membership {
 }
 
 fn tally_follower<S: Storage>(storage: S) -> Replica<Tally, S, Local> {
-    let cfg = ReplicaConfig {
-        core: CoreConfig::new(2),
-        initial: three_voters(),
-        tick: Duration::from_millis(10),
-        request_timeout: Duration::from_secs(1),
-        apply_entries_max: 16,
-        compaction: Default::default(),
-        apply_time_max: None,
-    };
+    let cfg = replica_cfg(CoreConfig::new(2), three_voters(), 16, Default::default());
     Replica::new(cfg, storage, Tally::default()).unwrap()
 }
 
@@ -401,15 +397,12 @@ fn the_last_chunk_of_one_snapshot_and_the_first_of_the_next_in_one_turn() {
 /// the log (which may still be truncated): found by mutation, no other test noticed.
 #[test]
 fn a_snapshot_records_the_configuration_at_its_index() {
-    let cfg = ReplicaConfig {
-        core: CoreConfig::new(1),
-        initial: Membership::with_voters([(1, "n1".to_string())]),
-        tick: Duration::from_millis(10),
-        request_timeout: Duration::from_secs(1),
-        apply_entries_max: 1,
-        compaction: super::Compaction { entries: 2, bytes: u64::MAX, keep_entries: 0 },
-        apply_time_max: None,
-    };
+    let cfg = replica_cfg(
+        CoreConfig::new(1),
+        Membership::with_voters([(1, "n1".to_string())]),
+        1,
+        super::Compaction { entries: 2, bytes: u64::MAX, keep_entries: 0 },
+    );
     let mut r: Replica<Tally, _, Local> =
         Replica::new(cfg, crate::storage::MemoryStorage::default(), Tally::default()).unwrap();
     r.on_request(Request::TriggerElection { reply: crate::runtime::request::reply_slot().0 });
