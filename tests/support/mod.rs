@@ -6,6 +6,7 @@ pub mod checker;
 pub mod clients;
 pub mod cluster;
 pub mod durable;
+pub mod history;
 pub mod hostile;
 pub mod proxy;
 pub mod sim;
