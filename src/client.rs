@@ -12,8 +12,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::core::NodeId;
 use crate::error::{Error, Result};
-use crate::replica::{ReadFn, Request};
+use crate::replica::{ReadFn, Request, encode_command, tag_encoded};
 use crate::runtime::request::{Answer, LocalRequest, Reply, deadline_after, reply_slot};
+use crate::session::ClientSession;
 use crate::state_machine::StateMachine;
 use crate::status::Status;
 
@@ -25,6 +26,8 @@ use crate::status::Status;
 /// Backpressure: requests wait in a bounded queue ([`crate::Config::client_queue`]); when
 /// it is full a call returns [`Error::Busy`] at once, having proposed nothing.
 pub struct Client<M: StateMachine> {
+    /// The session (§6.3) its writes are tagged with; `None` for [`Client::without_session`].
+    session: Option<Arc<ClientSession>>,
     tx: Sender<LocalRequest<M>>,
     /// Used only to drain the queue once the node thread has exited.
     rx: Receiver<LocalRequest<M>>,
@@ -37,6 +40,7 @@ pub struct Client<M: StateMachine> {
 impl<M: StateMachine> Clone for Client<M> {
     fn clone(&self) -> Self {
         Client {
+            session: self.session.clone(),
             tx: self.tx.clone(),
             rx: self.rx.clone(),
             shared: self.shared.clone(),
@@ -54,40 +58,133 @@ impl<M: StateMachine> Client<M> {
         timeout: Duration,
         max_command_bytes: usize,
     ) -> Client<M> {
-        Client { tx, rx, shared, timeout, max_command_bytes }
+        let session = Some(Arc::new(ClientSession::default()));
+        Client { session, tx, rx, shared, timeout, max_command_bytes }
     }
 
-    /// Replicates `command` and returns the state machine's answer once the leader has
+    /// A handle to the same node with a session of its own (clones share their session).
+    pub fn new_session(&self) -> Client<M> {
+        Client { session: Some(Arc::new(ClientSession::default())), ..self.clone() }
+    }
+
+    /// A handle to the same node whose writes carry no session: one registration and a
+    /// few bytes per command fewer, but a command proposed twice would apply twice (this
+    /// client never proposes one twice; a caller that retries after an indeterminate
+    /// error might).
+    pub fn without_session(&self) -> Client<M> {
+        Client { session: None, ..self.clone() }
+    }
+
+    /// Replicates `command` and returns the state machine's answer once this node has
     /// applied it. On a follower: `Err(Redirect { leader })` at once, nothing proposed.
+    ///
+    /// The command is tagged with this client's session (§6.3), so it applies once however
+    /// often it is proposed. The call retries by itself, until its timeout, whenever the
+    /// last attempt certainly had no effect and another may succeed: a leadership transfer
+    /// was under way, a new leader replaced the entry in the log (`Dropped`: the retry then
+    /// usually meets `Redirect`), or the session expired (it registers a new one). A full
+    /// queue is not retried: `Busy` comes back at once, as backpressure. So the errors it
+    /// returns are `Redirect`, `Busy`, `Stopped`, the configuration and size errors, and
+    /// the indeterminate ones, which mean:
+    /// - `Timeout`: the timeout passed with the command's fate unknown (its entry neither
+    ///   committed nor replaced: the node is cut off from a majority, say);
+    /// - `LeadershipLost`: the node stopped, or installed a snapshot past the entry of a
+    ///   command outside any session, before the fate was known.
     pub fn write(&self, command: M::Command) -> Result<M::Response> {
         self.write_timeout(command, self.timeout)
     }
 
-    /// [`Client::write`] with its own timeout. A timeout is indeterminate: the command may
-    /// still be applied. A command that encodes to more than
+    /// [`Client::write`] with its own timeout. A command that encodes to more than
     /// [`crate::Config::max_append_bytes`] is refused with [`Error::TooLarge`].
     pub fn write_timeout(&self, command: M::Command, timeout: Duration) -> Result<M::Response> {
-        self.submit_timeout(command, timeout)?.wait()
+        let Some(session) = &self.session else { return self.submit_timeout(command, timeout)?.wait() };
+        let deadline = deadline_after(timeout);
+        let body = rmp_serde::to_vec(&command).map_err(|e| Error::Codec(e.to_string()))?;
+        self.check_size(body.len())?;
+        loop {
+            let id = self.session_id(session, deadline)?;
+            let Some(seq) = session.begin(id) else { continue };
+            let result = self.write_attempts(session, id, seq, &body, deadline);
+            session.finish(id, seq);
+            match result {
+                // Certainly not applied, and neither was any earlier attempt (they all
+                // ended certain): a new session and a new sequence are safe.
+                Err(Error::SessionExpired) if Instant::now() < deadline => session.expire(id),
+                result => return result,
+            }
+        }
+    }
+
+    /// Sends sequence `seq` until an answer that settles it.
+    fn write_attempts(
+        &self,
+        session: &ClientSession,
+        id: u64,
+        seq: u64,
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<M::Response> {
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let command = tag_encoded(session.tag(id, seq), body);
+            let result = self.send_write(command, deadline)?.wait();
+            let certain_retryable = matches!(result, Err(Error::Dropped { .. } | Error::TransferInProgress));
+            let now = Instant::now();
+            if !certain_retryable || now + backoff >= deadline {
+                return result;
+            }
+            // Backing off is the point here: the node is busy or between leaders.
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+        }
+    }
+
+    /// The session's id, registering it through the log first if needed.
+    fn session_id(&self, session: &ClientSession, deadline: Instant) -> Result<u64> {
+        if let Some(id) = session.id() {
+            return Ok(id);
+        }
+        let _one_at_a_time = session.registering.lock();
+        if let Some(id) = session.id() {
+            return Ok(id);
+        }
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let (reply, answer) = reply_slot();
+        self.enqueue(Request::RegisterSession { timeout, reply })?;
+        let id = explain_stop(&self.shared, answer.wait(timeout))?;
+        session.set(id);
+        Ok(id)
     }
 
     /// Hands `command` to the node and returns at once, so one thread can keep many writes
     /// in flight (pipelining); [`PendingWrite::wait`] returns the answer. Writes submitted
     /// through one node are proposed, and so applied, in submission order. Errors that
     /// need no round trip (`TooLarge`, `Busy`, `Stopped`) come back here; the rest, such
-    /// as `Redirect`, from `wait`.
+    /// as `Redirect`, from `wait`. A submitted write is proposed once and never retried,
+    /// so it carries no session: it needs none to apply at most once, and skips the
+    /// session table's bookkeeping on every node.
     pub fn submit(&self, command: M::Command) -> Result<PendingWrite<M::Response>> {
         self.submit_timeout(command, self.timeout)
     }
 
     /// [`Client::submit`] whose answer is awaited at most `timeout` from now.
     pub fn submit_timeout(&self, command: M::Command, timeout: Duration) -> Result<PendingWrite<M::Response>> {
-        let deadline = deadline_after(timeout);
-        let command = rmp_serde::to_vec(&command).map_err(|e| Error::Codec(e.to_string()))?;
-        if command.len() > self.max_command_bytes {
-            return Err(Error::TooLarge { bytes: command.len(), max: self.max_command_bytes });
+        self.send_write(encode_command(None, &command)?, deadline_after(timeout))
+    }
+
+    fn check_size(&self, bytes: usize) -> Result<()> {
+        if bytes > self.max_command_bytes {
+            return Err(Error::TooLarge { bytes, max: self.max_command_bytes });
         }
+        Ok(())
+    }
+
+    /// Queues one attempt of an encoded write.
+    fn send_write(&self, command: Vec<u8>, deadline: Instant) -> Result<PendingWrite<M::Response>> {
+        self.check_size(command.len())?;
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let (reply, answer) = reply_slot();
-        self.enqueue(Request::Write { command, reply })?;
+        self.enqueue(Request::Write { command, timeout, reply })?;
         Ok(PendingWrite { answer, deadline, shared: self.shared.clone() })
     }
 
@@ -161,7 +258,8 @@ impl<M: StateMachine> Client<M> {
     }
 
     /// Hands leadership to voter `to` (§3.10) and returns once `to` leads. While the
-    /// transfer runs, writes fail with [`Error::TransferInProgress`].
+    /// transfer runs, the leader proposes nothing: [`Client::write`] waits and retries,
+    /// other calls fail with [`Error::TransferInProgress`].
     pub fn transfer_leadership(&self, to: NodeId) -> Result<()> {
         self.call(|reply| Request::TransferLeadership { to, reply })
     }
@@ -215,6 +313,9 @@ impl<R> PendingWrite<R> {
         explain_stop(&self.shared, self.answer.wait(self.deadline.saturating_duration_since(Instant::now())))
     }
 }
+
+/// Longest pause between retries of a write.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(50);
 
 /// A `Stopped` answer from a node that stopped because its storage failed becomes
 /// [`Error::StorageFailed`], so the caller learns why (both mean nothing was proposed).

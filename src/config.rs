@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::core::{CoreConfig, Membership, NodeId};
 use crate::error::Error;
-use crate::replica::{Compaction, ReplicaConfig};
+use crate::replica::{Compaction, ReplicaConfig, SessionLimits};
 use crate::storage::StorageFaults;
 
 /// Most entries applied per loop turn.
@@ -48,6 +48,7 @@ pub struct Config {
     pub(crate) max_inflight: usize,
     pub(crate) client_queue: usize,
     pub(crate) compaction: Compaction,
+    pub(crate) sessions: SessionLimits,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) storage_faults: Option<Arc<StorageFaults>>,
     duplicate_peer: Option<NodeId>,
@@ -78,6 +79,7 @@ impl Config {
             max_inflight: core.max_inflight,
             client_queue: 65_536,
             compaction: Compaction::default(),
+            sessions: SessionLimits::default(),
             data_dir: None,
             storage_faults: None,
             duplicate_peer: None,
@@ -207,6 +209,17 @@ impl Config {
         self
     }
 
+    /// Client sessions (§6.3), which make retried writes apply once: at most
+    /// `max_sessions` live sessions (registering one more evicts the least recently used;
+    /// default 65,536), each expiring once `expiry_entries` log entries passed without a
+    /// command of it (default 10 million). Every node of a cluster must use the same values:
+    /// they decide, in log order, what every node's session table holds.
+    pub fn session_limits(mut self, max_sessions: usize, expiry_entries: u64) -> Config {
+        self.sessions.max_sessions = max_sessions;
+        self.sessions.expiry_entries = expiry_entries;
+        self
+    }
+
     /// Durable mode: keep the log and the hard state (term, vote) in `dir` (created if
     /// missing), synced before anything that depends on them is sent, so the node can be
     /// killed and restarted on the same directory under the same id. Without it the node
@@ -260,6 +273,9 @@ impl Config {
         if self.client_queue == 0 {
             return bad("client_queue must be non-zero".into());
         }
+        if self.sessions.max_sessions == 0 || self.sessions.expiry_entries == 0 {
+            return bad("session limits must be non-zero".into());
+        }
         if self.compaction.entries == 0 || self.compaction.bytes == 0 {
             return bad("snapshot thresholds must be non-zero".into());
         }
@@ -293,6 +309,7 @@ impl Config {
             apply_entries_max: APPLY_ENTRIES_MAX,
             apply_time_max: Some(APPLY_TIME_MAX),
             compaction: self.compaction,
+            sessions: self.sessions,
         }
     }
 

@@ -25,9 +25,23 @@ pub enum Error {
     },
     /// No answer in time: the command MAY have been applied.
     Timeout,
-    /// The command was proposed, then this node lost leadership (or stopped) before it
-    /// was applied here: it MAY have been applied.
+    /// The command was proposed, then this node stopped, or jumped past the command's
+    /// entry by installing a snapshot, before it learned the command's fate: it MAY have
+    /// been applied. (A leader that loses leadership keeps waiting, as a follower, for the
+    /// entry's fate: see [`Error::Dropped`].)
     LeadershipLost,
+    /// The command was proposed, but a later leader's entry took its place in the log
+    /// (§5.3): it was certainly not applied. Retrying is safe; `leader` is the leader this
+    /// node knows of now.
+    Dropped {
+        /// The leader, if known.
+        leader: Option<Peer>,
+    },
+    /// The client's session (§6.3) expired or was evicted, or forgot this command's
+    /// sequence, so the command was refused: this attempt certainly had no effect. (If an
+    /// earlier attempt of the same command timed out, that one may have been applied.)
+    /// [`crate::Client::write`] registers a new session and retries by itself when safe.
+    SessionExpired,
     /// The node is stopped; nothing was proposed.
     Stopped,
     /// The node's request queue is full (backpressure); nothing was proposed. Retry later.
@@ -89,6 +103,13 @@ impl fmt::Display for Error {
             Error::Redirect { leader: None } => write!(f, "not the leader; no leader known"),
             Error::Timeout => write!(f, "timed out (the command may have been applied)"),
             Error::LeadershipLost => write!(f, "leadership lost after proposing (the command may have been applied)"),
+            Error::Dropped { leader: Some(p) } => {
+                write!(f, "the command was replaced in the log by a new leader, node {} (not applied)", p.id)
+            }
+            Error::Dropped { leader: None } => {
+                write!(f, "the command was replaced in the log by a new leader (not applied)")
+            }
+            Error::SessionExpired => write!(f, "the client session expired (the command was not applied)"),
             Error::Stopped => write!(f, "the node is stopped"),
             Error::Busy => write!(f, "the node's request queue is full"),
             Error::TooLarge { bytes, max } => write!(f, "command of {bytes} bytes exceeds the {max}-byte limit"),
@@ -138,6 +159,8 @@ mod tests {
         for e in [
             Error::Redirect { leader: None },
             Error::Stopped,
+            Error::Dropped { leader: None },
+            Error::SessionExpired,
             Error::Busy,
             Error::TransferInProgress,
             Error::NotAVoter,

@@ -52,6 +52,7 @@ mod error;
 mod node;
 pub mod replica;
 mod runtime;
+mod session;
 mod state_machine;
 mod status;
 pub mod storage;

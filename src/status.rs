@@ -26,6 +26,8 @@ pub struct Status {
     /// How many entries its log holds in memory (after compaction, those since the
     /// snapshot and a trailing window before it).
     pub log_entries: u64,
+    /// Client sessions (§6.3) live in this node's applied state.
+    pub sessions: u64,
     /// Members of the latest configuration in this node's log.
     pub members: Vec<Member>,
     /// Whether that configuration is committed (as far as this node knows).

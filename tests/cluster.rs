@@ -98,6 +98,7 @@ fn a_full_request_queue_answers_busy() {
     let node = single_node(|c| c.client_queue(2));
     let client = node.client();
     client.await_leader(Duration::from_secs(10)).unwrap();
+    client.write(Cmd::Put(9)).unwrap(); // registers the client's session
     let held = HeldNode::hold(&client);
     // The queue holds two requests: of three writers, exactly one is turned away at once.
     let mut writers: Vec<_> = (0..3)
@@ -113,7 +114,7 @@ fn a_full_request_queue_answers_busy() {
     for w in writers {
         w.join().unwrap().expect("queued writes complete once the node is free");
     }
-    assert_eq!(client.read(|m: &Recorder| m.applied.len()).unwrap(), 2);
+    assert_eq!(client.read(|m: &Recorder| m.applied.len()).unwrap(), 3);
 }
 
 /// A memory-only node that comes back under its old id has lost its log and its vote:

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use super::Replica;
 use super::reply::{Channel, Respond};
+use super::session::{self, Admit, Header};
 use crate::core::{LogIndex, Payload};
 use crate::error::Error;
 use crate::state_machine::StateMachine;
@@ -40,18 +41,24 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         debug_assert_eq!(entry.index, index);
         let term = entry.term;
         self.applied_bytes_since += entry.payload.size_bytes() as u64;
-        let decoded = match &entry.payload {
-            Payload::Command(bytes) => Some(rmp_serde::from_slice::<M::Command>(bytes)),
-            Payload::Noop | Payload::Config(_) => None,
-        };
-        let response = match decoded {
-            Some(Ok(command)) => self.apply_command(index, command),
-            Some(Err(e)) => {
-                // Every node must apply every command; skipping one would fork the state.
-                self.poison(format!("cannot decode the command at {index}: {e}"));
-                None
-            }
-            None => None,
+        let outcome = match &entry.payload {
+            Payload::Command(bytes) => match session::decode(bytes) {
+                Ok((header, body)) => {
+                    // Decoded while the entry is borrowed from the log (no copy); a
+                    // registration has no command.
+                    let command = match header {
+                        Header::Register => Err(String::new()),
+                        _ => rmp_serde::from_slice::<M::Command>(body).map_err(|e| e.to_string()),
+                    };
+                    self.apply_command_entry(index, header, command)
+                }
+                Err(why) => {
+                    // Every node must apply every command; skipping one would fork the state.
+                    self.poison(format!("cannot decode the command at {index}: {why}"));
+                    Outcome::Nothing
+                }
+            },
+            Payload::Noop | Payload::Config(_) => Outcome::Nothing,
         };
         if self.poisoned.is_some() {
             // The state is half-applied or misses this command: it is no committed state,
@@ -60,14 +67,92 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             return;
         }
         self.applied = index;
-        if let Some((proposed_term, reply)) = self.pending.writes.remove(&index) {
-            let result = match response {
-                Some(r) if proposed_term == term => Ok(r),
-                // Another leader's entry took the slot: ours was dropped (§5.3).
-                _ => Err(Error::LeadershipLost),
-            };
-            reply.send(result);
+        self.answer(index, term, outcome);
+    }
+
+    /// Applies one command entry (or answers it from the session table), in log order.
+    fn apply_command_entry(
+        &mut self,
+        index: LogIndex,
+        header: Header,
+        command: Result<M::Command, String>,
+    ) -> Outcome<M::Response> {
+        let limits = self.cfg.sessions;
+        let tag = match header {
+            Header::Register => return Outcome::Registered(self.sessions.register(index.0, &limits)),
+            Header::Plain => None,
+            Header::Tagged(tag) => match self.sessions.admit(index.0, tag, &limits) {
+                Admit::Fresh => Some(tag),
+                Admit::Duplicate(response) => {
+                    self.sessions.record(index.0, tag, None, &limits);
+                    return Outcome::Cached(response);
+                }
+                Admit::Expired => return Outcome::Refused(Error::SessionExpired),
+            },
+        };
+        let command = match command {
+            Ok(command) => command,
+            Err(e) => {
+                self.poison(format!("cannot decode the command at {index}: {e}"));
+                return Outcome::Nothing;
+            }
+        };
+        let Some(response) = self.apply_command(index, command) else { return Outcome::Nothing };
+        if let Some(tag) = tag {
+            // Encoded the same way on every server, so every table is the same.
+            match rmp_serde::to_vec(&response) {
+                Ok(bytes) => self.sessions.record(index.0, tag, Some(bytes), &limits),
+                Err(e) => {
+                    self.poison(format!("cannot encode the response to the command at {index}: {e}"));
+                    return Outcome::Nothing;
+                }
+            }
         }
+        Outcome::Applied(response)
+    }
+
+    /// Answers the client waiting for the entry at `index`, if any.
+    fn answer(&mut self, index: LogIndex, term: crate::core::Term, outcome: Outcome<M::Response>) {
+        if let Some(p) = self.pending.registrations.remove(&index) {
+            let result = match outcome {
+                Outcome::Registered(id) if p.term == term => Ok(id),
+                _ => Err(self.dropped()),
+            };
+            return p.reply.send(result);
+        }
+        let Some(p) = self.pending.writes.remove(&index) else { return };
+        let result = match outcome {
+            // Another leader's entry took the slot: ours was dropped (§5.3).
+            _ if p.term != term => Err(self.dropped()),
+            Outcome::Applied(response) => Ok(response),
+            Outcome::Cached(bytes) => decode_response::<M>(&bytes),
+            Outcome::Refused(e) => Err(e),
+            Outcome::Registered(_) | Outcome::Nothing => Err(self.dropped()),
+        };
+        p.reply.send(result);
+    }
+
+    /// After a snapshot moved `applied` past proposals still waiting: the session table
+    /// says what became of tagged commands; for the rest nobody can tell any more.
+    pub(super) fn answer_skipped(&mut self) {
+        let waiting = self.pending.writes.split_off(&self.applied.next());
+        for (_, p) in std::mem::replace(&mut self.pending.writes, waiting) {
+            let result = match p.tag.map(|tag| self.sessions.lookup(tag)) {
+                Some(Some(Ok(bytes))) => decode_response::<M>(&bytes),
+                // The snapshot covers the entry, and the session has no response for it.
+                Some(None) => Err(self.dropped()),
+                Some(Some(Err(_))) | None => Err(Error::LeadershipLost),
+            };
+            p.reply.send(result);
+        }
+        let waiting = self.pending.registrations.split_off(&self.applied.next());
+        for (_, p) in std::mem::replace(&mut self.pending.registrations, waiting) {
+            p.reply.send(Err(Error::LeadershipLost));
+        }
+    }
+
+    fn dropped(&self) -> Error {
+        Error::Dropped { leader: self.core.leader_id().map(|id| self.peer_info(id)) }
     }
 
     fn apply_command(&mut self, index: LogIndex, command: M::Command) -> Option<M::Response> {
@@ -79,4 +164,22 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             }
         }
     }
+}
+
+/// What applying one entry produced, for the client waiting on it.
+enum Outcome<R> {
+    /// A no-op, a configuration, or nothing (the replica stopped).
+    Nothing,
+    /// The state machine's response.
+    Applied(R),
+    /// A retried command's response, from the session table.
+    Cached(Vec<u8>),
+    /// The command was refused, not applied.
+    Refused(Error),
+    /// A session was registered with this id.
+    Registered(u64),
+}
+
+fn decode_response<M: StateMachine>(bytes: &[u8]) -> crate::error::Result<M::Response> {
+    rmp_serde::from_slice(bytes).map_err(|e| Error::Codec(format!("a remembered response: {e}")))
 }

@@ -20,24 +20,27 @@ mod pending;
 mod persist;
 mod reply;
 mod request;
+mod session;
 mod snapshot;
 
 pub use reply::{Channel, Respond};
 pub use request::{ReadFn, Request};
+pub use session::{SessionLimits, SessionTag, command_body, command_tag, encode_command, encode_register, tag_encoded};
 pub use snapshot::Compaction;
 
 use std::collections::VecDeque;
 use std::io;
 use std::time::Duration;
 
-use crate::core::{CoreConfig, Envelope, LogIndex, Membership, Message, NodeId, ProposeError, Raft, Role};
+use crate::core::{CoreConfig, Envelope, LogIndex, Membership, Message, NodeId, ProposeError, Raft};
 use crate::error::{Error, Peer};
 use crate::state_machine::StateMachine;
 use crate::status::{Member, Status};
 use crate::storage::Storage;
 
-use pending::{Change, Deadline, Pending};
+use pending::{Change, Deadline, Pending, Proposed};
 use persist::Batch;
+use session::Sessions;
 
 /// Settings of one replica.
 #[derive(Clone, Debug)]
@@ -57,6 +60,8 @@ pub struct ReplicaConfig {
     pub apply_time_max: Option<Duration>,
     /// When to snapshot and compact the log (for machines with snapshots).
     pub compaction: Compaction,
+    /// How many client sessions to remember, and for how long (the same on every server).
+    pub sessions: SessionLimits,
 }
 
 /// One server's Raft core, storage and state machine, and its clients' pending requests.
@@ -64,6 +69,8 @@ pub struct Replica<M: StateMachine, S: Storage, C: Channel> {
     core: Raft,
     storage: S,
     machine: M,
+    /// Client sessions (§6.3): replicated state beside the machine's, as of `applied`.
+    sessions: Sessions,
     /// Invariant: `applied <= core.commit_index()`.
     applied: LogIndex,
     pending: Pending<M, C>,
@@ -107,6 +114,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             core,
             storage,
             machine,
+            sessions: Sessions::default(),
             applied,
             pending: Pending::new(),
             outbox: Vec::new(),
@@ -154,16 +162,41 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         let deadline = self.deadline_after(self.cfg.request_timeout);
         match request {
             // One AppendEntries must be able to carry it, or replication would stall on it.
-            Request::Write { command, reply } if command.len() > self.cfg.core.max_append_bytes => {
+            Request::Write { command, reply, .. } if command.len() > self.cfg.core.max_append_bytes => {
                 let max = self.cfg.core.max_append_bytes;
                 reply.send(Err(Error::TooLarge { bytes: command.len(), max }))
             }
-            Request::Write { command, reply } => match self.core.propose(command) {
-                Ok(index) => {
-                    self.pending.writes.insert(index, (self.core.current_term(), reply.proposed()));
+            Request::Write { command, timeout, reply } => {
+                let tag = match session::decode(&command) {
+                    Ok((session::Header::Plain, _)) => None,
+                    Ok((session::Header::Tagged(tag), _)) => Some(tag),
+                    // A registration goes through `RegisterSession`, which waits for an id.
+                    Ok((session::Header::Register, _)) => {
+                        return reply.send(Err(Error::Codec("a write cannot carry a session registration".into())));
+                    }
+                    Err(why) => return reply.send(Err(Error::Codec(why))),
+                };
+                let deadline = self.deadline_after(timeout);
+                match self.core.propose(command) {
+                    Ok(index) => {
+                        let term = self.core.current_term();
+                        let proposed = Proposed { term, tag, deadline, reply: reply.proposed() };
+                        self.pending.writes.insert(index, proposed);
+                    }
+                    Err(e) => reply.send(Err(self.refusal(e))),
                 }
-                Err(e) => reply.send(Err(self.refusal(e))),
-            },
+            }
+            Request::RegisterSession { timeout, reply } => {
+                let deadline = self.deadline_after(timeout);
+                match self.core.propose(session::encode_register()) {
+                    Ok(index) => {
+                        let term = self.core.current_term();
+                        let proposed = Proposed { term, tag: None, deadline, reply: reply.proposed() };
+                        self.pending.registrations.insert(index, proposed);
+                    }
+                    Err(e) => reply.send(Err(self.refusal(e))),
+                }
+            }
             Request::Read { read } => {
                 let ctx = self.pending.next_read_ctx;
                 self.pending.next_read_ctx += 1;
@@ -292,6 +325,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             last_log_index: core.log().last_index().0,
             snapshot_index: core.snapshot().map_or(0, |s| s.meta.index.0),
             log_entries: core.log().entries().len() as u64,
+            sessions: self.sessions.len() as u64,
             members,
             membership_committed: core.membership_index() <= core.commit_index(),
             refused: None,
@@ -303,9 +337,8 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         self.core.check_invariants();
         assert!(self.applied <= self.core.commit_index(), "applied beyond commit");
         assert!(self.storage.synced() <= self.appended, "storage synced more than it was given");
-        if self.core.role() != Role::Leader {
-            assert!(self.pending.writes.is_empty(), "only a leader waits on writes");
-        }
+        let first_waiting = self.pending.writes.keys().chain(self.pending.registrations.keys()).min();
+        assert!(first_waiting.is_none_or(|&i| i > self.applied), "a proposal waits for an index already applied");
     }
 
     // ----- helpers -----

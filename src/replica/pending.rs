@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::reply::{Channel, Respond};
+use super::session::SessionTag;
 use crate::core::{LogIndex, NodeId, Raft, Role, Term};
 use crate::error::Error;
 use crate::replica::request::ReadFn;
@@ -17,10 +18,26 @@ pub(crate) enum Change {
     Remove(NodeId),
 }
 
+/// A proposed entry's client, waiting for the entry's fate.
+pub(crate) struct Proposed<R> {
+    /// The term it was proposed in: an entry of another term at its index replaced it.
+    pub term: Term,
+    /// The command's session tag, if it has one.
+    pub tag: Option<SessionTag>,
+    pub deadline: Deadline,
+    pub reply: R,
+}
+
 /// Everything waiting for the Raft core or the state machine.
 pub(crate) struct Pending<M: StateMachine, C: Channel> {
-    /// Proposed writes by log index, with the term they were proposed in.
-    pub writes: BTreeMap<LogIndex, (Term, C::Reply<M::Response>)>,
+    /// Proposed writes by log index. They outlive the leadership they were proposed
+    /// under: as a follower, the replica still learns their fate when it applies their
+    /// index (or their deadline passes).
+    pub writes: BTreeMap<LogIndex, Proposed<C::Reply<M::Response>>>,
+    /// Proposed session registrations by log index, likewise.
+    pub registrations: BTreeMap<LogIndex, Proposed<C::Reply<u64>>>,
+    /// The clock when expired writes were last looked for.
+    swept_at: Deadline,
     /// Reads waiting for their ReadIndex confirmation, by context.
     pub unconfirmed_reads: HashMap<u64, ReadFn<M>>,
     /// Confirmed reads waiting for `applied` to reach their index, in index order.
@@ -36,6 +53,8 @@ impl<M: StateMachine, C: Channel> Pending<M, C> {
     pub fn new() -> Pending<M, C> {
         Pending {
             writes: BTreeMap::new(),
+            registrations: BTreeMap::new(),
+            swept_at: 0,
             unconfirmed_reads: HashMap::new(),
             confirmed_reads: Vec::new(),
             next_read_ctx: 1,
@@ -77,6 +96,11 @@ impl<M: StateMachine, C: Channel> Pending<M, C> {
         if core.role() != Role::Leader {
             self.fail_leader_work(|| Error::LeadershipLost);
         }
+        if now != self.swept_at {
+            self.swept_at = now;
+            expire_proposed::<M::Response, _>(&mut self.writes, now);
+            expire_proposed::<u64, _>(&mut self.registrations, now);
+        }
     }
 
     fn settle_changes(&mut self, core: &Raft, now: Deadline) {
@@ -115,12 +139,9 @@ impl<M: StateMachine, C: Channel> Pending<M, C> {
         }
     }
 
-    /// Fails the requests that only a leader can finish. Writes and membership changes
-    /// already proposed get an indeterminate error from `error`.
+    /// Fails the requests that only a leader can finish. Membership changes already
+    /// proposed get an indeterminate error from `error`. (Proposed writes wait on.)
     pub fn fail_leader_work(&mut self, error: impl Fn() -> Error) {
-        for (_, (_, reply)) in std::mem::take(&mut self.writes) {
-            reply.send(Err(error()));
-        }
         for (_, _, reply) in self.changes.drain(..) {
             reply.send(Err(error()));
         }
@@ -135,12 +156,32 @@ impl<M: StateMachine, C: Channel> Pending<M, C> {
     /// Fails everything at shutdown: proposed work is indeterminate, the rest `Stopped`.
     pub fn fail_all(&mut self) {
         self.fail_leader_work(|| Error::LeadershipLost);
+        for (_, p) in std::mem::take(&mut self.writes) {
+            p.reply.send(Err(Error::LeadershipLost));
+        }
+        for (_, p) in std::mem::take(&mut self.registrations) {
+            p.reply.send(Err(Error::LeadershipLost));
+        }
         for (_, w) in self.leader_waiters.drain(..) {
             w.send(Err(Error::Stopped));
         }
         if let Some((_, _, reply)) = self.transfer.take() {
             reply.send(Err(Error::Stopped));
         }
+    }
+}
+
+/// Answers `Timeout` to the proposals whose deadline has passed, fate unknown. (A leader
+/// sweeps too: its client has given up, and the entry is applied whether or not anyone
+/// still waits.)
+fn expire_proposed<T: Send + 'static, R: Respond<T>>(proposed: &mut BTreeMap<LogIndex, Proposed<R>>, now: Deadline) {
+    if proposed.values().all(|p| p.deadline > now) {
+        return;
+    }
+    let expired: Vec<LogIndex> = proposed.iter().filter(|(_, p)| p.deadline <= now).map(|(&i, _)| i).collect();
+    for index in expired {
+        let p = proposed.remove(&index).expect("just found");
+        p.reply.send(Err(Error::Timeout));
     }
 }
 

@@ -13,12 +13,23 @@ pub type ReadFn<M> = Box<dyn FnOnce(Result<&M>) + Send>;
 
 /// One client request, carrying the way its answer goes back.
 pub enum Request<M: StateMachine, C: Channel> {
-    /// A command, already encoded (MessagePack) on the client's side.
+    /// A command, already encoded on the client's side by
+    /// [`encode_command`](super::encode_command) (with its session tag, if any).
     Write {
         /// The encoded command.
         command: Vec<u8>,
+        /// How long the replica keeps waiting for the command's fate (as a follower, too,
+        /// after losing leadership) before answering `Timeout`.
+        timeout: Duration,
         /// Gets the state machine's response once the entry is applied here.
         reply: C::Reply<M::Response>,
+    },
+    /// Register a client session (§6.3) through the log.
+    RegisterSession {
+        /// How long to wait for the registration to be applied.
+        timeout: Duration,
+        /// Gets the new session's id.
+        reply: C::Reply<u64>,
     },
     /// A linearizable read (ReadIndex, dissertation §6.4).
     Read {

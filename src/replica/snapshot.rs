@@ -4,8 +4,9 @@
 
 use super::Replica;
 use super::reply::Channel;
+use super::session::Sessions;
 use crate::core::{Envelope, InstallSnapshotOrder, LogIndex, MessageKind, SnapshotMeta, SnapshotWork};
-use crate::state_machine::StateMachine;
+use crate::state_machine::{Snapshot, StateMachine};
 use crate::storage::Storage;
 
 /// When to take a snapshot and how much log to keep behind it.
@@ -56,6 +57,12 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             return self.retry_snapshot_later();
         };
         let meta = SnapshotMeta { index, term, membership: self.core.membership_at(index) };
+        // The session table is replicated state too: it goes first, then the machine's.
+        let sessions = self.sessions.clone();
+        let capture = Snapshot::new(move |w| {
+            sessions.write_to(w)?;
+            capture.write_to(w)
+        });
         match self.storage.save_snapshot(meta, capture) {
             Ok(()) => self.snapshot_saving = true,
             Err(e) => {
@@ -138,11 +145,14 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         log::info!("node {}: installed the leader's snapshot at {index} ({} bytes)", self.core.id(), order.info.size);
         self.applied = index;
         self.applied_bytes_since = 0;
+        self.answer_skipped();
     }
 
-    /// Replaces the state machine's state with storage's current snapshot.
+    /// Replaces the session table and the state machine's state with storage's current
+    /// snapshot.
     pub(super) fn restore_from_storage(&mut self) -> std::io::Result<()> {
         let mut reader = self.storage.open_snapshot()?;
+        self.sessions = Sessions::read_from(&mut reader)?;
         let machine = &mut self.machine;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| machine.restore(&mut reader))) {
             Ok(result) => result,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::core::paper_tests::harness::{append, entries_from};
-use crate::core::{Entry, HardState, MessageKind};
+use crate::core::{Entry, HardState, MessageKind, Role};
 use crate::runtime::request::Local;
 use crate::storage::Recovered;
 
@@ -88,6 +88,7 @@ fn replica_cfg(
         apply_entries_max,
         compaction,
         apply_time_max: None,
+        sessions: Default::default(),
     }
 }
 
@@ -184,7 +185,11 @@ fn lone_voter() -> Replica<Fragile, crate::storage::MemoryStorage, Local> {
 
 fn write(r: &mut Replica<Fragile, crate::storage::MemoryStorage, Local>, fail: bool) {
     let (reply, _answer) = crate::runtime::request::reply_slot();
-    r.on_request(Request::Write { command: rmp_serde::to_vec(&fail).unwrap(), reply });
+    r.on_request(Request::Write {
+        command: encode_command(None, &fail).unwrap(),
+        timeout: Duration::from_secs(1),
+        reply,
+    });
 }
 
 /// A command whose apply panicked leaves the state half-applied: no read may see it, and
@@ -213,7 +218,7 @@ fn a_command_larger_than_a_batch_is_refused() {
     let mut r = lone_voter();
     let (reply, answer) = crate::runtime::request::reply_slot::<u64>();
     let last = r.core().log().last_index();
-    r.on_request(Request::Write { command: vec![0xc3; 65], reply });
+    r.on_request(Request::Write { command: vec![0xc3; 65], timeout: Duration::from_secs(1), reply });
     assert!(matches!(answer.wait(Duration::ZERO), Err(crate::Error::TooLarge { bytes: 65, max: 64 })));
     assert_eq!(r.core().log().last_index(), last, "nothing proposed");
 }
@@ -291,7 +296,11 @@ fn tally_voter<S: Storage>(storage: S) -> Replica<Tally, S, Local> {
 
 fn tally<S: Storage>(r: &mut Replica<Tally, S, Local>) {
     let (reply, _answer) = crate::runtime::request::reply_slot();
-    r.on_request(Request::Write { command: rmp_serde::to_vec(&()).unwrap(), reply });
+    r.on_request(Request::Write {
+        command: encode_command(None, &()).unwrap(),
+        timeout: Duration::from_secs(1),
+        reply,
+    });
     r.advance();
 }
 
@@ -336,6 +345,14 @@ fn tally_follower<S: Storage>(storage: S) -> Replica<Tally, S, Local> {
     Replica::new(cfg, storage, Tally::default()).unwrap()
 }
 
+/// A snapshot's bytes as a replica writes them: the session table (empty), then `machine`.
+fn snapshot_of(machine: &Tally) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    super::session::Sessions::default().write_to(&mut bytes).unwrap();
+    bytes.extend(rmp_serde::to_vec_named(machine).unwrap());
+    bytes
+}
+
 /// A chunk of a snapshot (of `data`) at `index`, sent by the leader of `term`.
 fn snapshot_chunk(index: u64, term: u64, data: &[u8], offset: usize, len: usize) -> Message {
     use crate::core::{InstallSnapshot, SnapshotMeta, Term};
@@ -360,7 +377,7 @@ fn an_install_after_a_truncation_in_the_same_turn_keeps_the_acked_entries() {
         r.advance();
         r.drain_outbox().for_each(drop);
         r.step(3, append(2, (1, 1), entries_from(2, &[2; 7]), 1)); // term 2 replaces 2..=8
-        let data = rmp_serde::to_vec_named(&Tally(4)).unwrap();
+        let data = snapshot_of(&Tally(4));
         r.step(3, snapshot_chunk(4, 2, &data, 0, data.len())); // and its snapshot at 4
         r.advance();
         let acked_8 = r.drain_outbox().any(
@@ -379,8 +396,8 @@ fn an_install_after_a_truncation_in_the_same_turn_keeps_the_acked_entries() {
 #[test]
 fn the_last_chunk_of_one_snapshot_and_the_first_of_the_next_in_one_turn() {
     let mut r = tally_follower(crate::storage::MemoryStorage::default());
-    let a = rmp_serde::to_vec_named(&Tally(4)).unwrap();
-    let b = rmp_serde::to_vec_named(&Tally(300)).unwrap();
+    let a = snapshot_of(&Tally(4));
+    let b = snapshot_of(&Tally(300));
     r.step(1, snapshot_chunk(4, 1, &a, 0, a.len()));
     let mut first_of_b = snapshot_chunk(6, 1, &b, 0, 1);
     if let MessageKind::InstallSnapshot(is) = &mut first_of_b.kind {
@@ -408,7 +425,11 @@ fn a_snapshot_records_the_configuration_at_its_index() {
     r.on_request(Request::TriggerElection { reply: crate::runtime::request::reply_slot().0 });
     r.advance(); // leads; its no-op (1) commits and applies
     let (reply, _w) = crate::runtime::request::reply_slot();
-    r.on_request(Request::Write { command: rmp_serde::to_vec(&()).unwrap(), reply }); // index 2
+    r.on_request(Request::Write {
+        command: encode_command(None, &()).unwrap(),
+        timeout: Duration::from_secs(1),
+        reply,
+    }); // index 2
     let (reply, _a) = crate::runtime::request::reply_slot();
     r.on_request(Request::AddServer { id: 2, addr: "n2".into(), reply }); // index 3: a learner
     r.advance(); // commits both, applies one: the snapshot is taken at 2

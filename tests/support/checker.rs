@@ -172,7 +172,8 @@ impl Checker {
         assert_eq!(pos, self.committed.len(), "node {id}: commit gap before {}", entry.index);
         self.committed.push(Committed { term: entry.term, fingerprint: fp, commit_term: observer_term });
         if let Payload::Command(bytes) = &entry.payload {
-            let cmd: u64 = rmp_serde::from_slice(bytes).expect("simulated commands are u64s");
+            let body = quorate::replica::command_body(bytes).expect("simulated commands are well formed");
+            let cmd: u64 = rmp_serde::from_slice(body).expect("simulated commands are u64s");
             assert!(!self.refused.contains(&cmd), "command {cmd} committed at {} after a certain refusal", entry.index);
             let mut h = Fnv(self.chain.last().map_or(Fnv::default().0, |&(_, h)| h));
             h.write(&cmd.to_le_bytes());

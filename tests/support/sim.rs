@@ -275,6 +275,7 @@ impl Sim {
             apply_entries_max: self.settings.apply_entries_max,
             apply_time_max: None,
             compaction: self.settings.compaction,
+            sessions: Default::default(),
         };
         let disk = Rc::new(RefCell::new(Disk::default()));
         let mut node =
@@ -464,11 +465,12 @@ impl Sim {
     pub fn write(&mut self, id: NodeId) -> u64 {
         let cmd = self.next_cmd;
         self.next_cmd += 1;
-        let command = rmp_serde::to_vec(&cmd).expect("a u64 encodes");
+        let command = quorate::replica::encode_command(None, &cmd).expect("a u64 encodes");
         let reply = write_reply(&self.outcomes, cmd);
         self.checker.writes_outstanding.insert(cmd);
         self.trace.push(self.now, Event::Write(id, cmd));
-        self.with(id, |r| r.on_request(Request::Write { command, reply }));
+        let timeout = Duration::from_secs(5);
+        self.with(id, |r| r.on_request(Request::Write { command, timeout, reply }));
         cmd
     }
 

@@ -283,7 +283,7 @@ fn a_half_received_snapshot_never_replaces_the_current_one() {
     assert!(names(dir.path()).contains(&"incoming.tmp".to_string()));
     let (mut s, r) = reopen(dir.path(), FileOptions::default());
     assert_eq!(r.snapshot.map(|i| i.meta.index), Some(LogIndex(10)));
-    assert_eq!(indexes(&r.log), vec![]);
+    assert_eq!(indexes(&r.log), Vec::<u64>::new());
     assert_eq!(read_all(&mut s), bytes_of(1, 4000));
     assert_eq!(snapshot_names(dir.path()), vec![snapshot::name(LogIndex(10))], "the temporary is deleted");
     // A transfer that starts over replaces what an earlier one left, even if shorter.

@@ -1,0 +1,74 @@
+//! A client's side of its session (§6.3): the session id, the sequence numbers it handed
+//! out, and the ones still waiting for an answer.
+
+use std::collections::BTreeSet;
+
+use parking_lot::Mutex;
+
+use crate::replica::SessionTag;
+
+/// One session, shared by a [`crate::Client`] and its clones.
+#[derive(Default)]
+pub(crate) struct ClientSession {
+    state: Mutex<State>,
+    /// Held while registering, so concurrent first writes register one session.
+    pub registering: Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The registered session's id (the index of its registration entry).
+    id: Option<u64>,
+    next_seq: u64,
+    /// Sequences handed out and not finished: the lowest is the client's acknowledgement.
+    outstanding: BTreeSet<u64>,
+}
+
+impl ClientSession {
+    /// The session's id, if registered.
+    pub fn id(&self) -> Option<u64> {
+        self.state.lock().id
+    }
+
+    /// Adopts a newly registered session (sequences start again at 1).
+    pub fn set(&self, id: u64) {
+        let mut s = self.state.lock();
+        *s = State { id: Some(id), next_seq: 1, outstanding: BTreeSet::new() };
+    }
+
+    /// Forgets session `id` (expired), so the next command registers a new one.
+    pub fn expire(&self, id: u64) {
+        let mut s = self.state.lock();
+        if s.id == Some(id) {
+            *s = State::default();
+        }
+    }
+
+    /// Hands out the next sequence of session `id`, or `None` if the session changed.
+    pub fn begin(&self, id: u64) -> Option<u64> {
+        let mut s = self.state.lock();
+        if s.id != Some(id) {
+            return None;
+        }
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        s.outstanding.insert(seq);
+        Some(seq)
+    }
+
+    /// The tag for (another attempt of) sequence `seq`.
+    pub fn tag(&self, id: u64, seq: u64) -> SessionTag {
+        let s = self.state.lock();
+        let acked = if s.id == Some(id) { s.outstanding.first().copied().unwrap_or(seq) } else { seq };
+        debug_assert!(acked <= seq, "the command being sent is outstanding");
+        SessionTag { session: id, seq, acked }
+    }
+
+    /// Sequence `seq` has its answer (or the caller gave up on it).
+    pub fn finish(&self, id: u64, seq: u64) {
+        let mut s = self.state.lock();
+        if s.id == Some(id) {
+            s.outstanding.remove(&seq);
+        }
+    }
+}
