@@ -4,9 +4,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use super::Replica;
+use super::pending::{take_at, take_through};
 use super::reply::{Channel, Respond};
 use super::session::{self, Admit, Header};
-use crate::core::{LogIndex, Payload};
+use crate::core::{LogIndex, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
@@ -111,32 +112,36 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         Outcome::Applied(response)
     }
 
-    /// Answers the client waiting for the entry at `index`, if any.
-    fn answer(&mut self, index: LogIndex, term: crate::core::Term, outcome: Outcome<M::Response>) {
-        if let Some(p) = self.pending.registrations.remove(&index) {
-            let result = match outcome {
-                Outcome::Registered(id) if p.term == term => Ok(id),
+    /// Answers the clients waiting for the entry at `index`: the one that proposed it
+    /// (in `term`) gets its outcome; any that proposed another entry there, in another
+    /// term, learn that theirs was replaced (§5.3).
+    fn answer(&mut self, index: LogIndex, term: Term, outcome: Outcome<M::Response>) {
+        if self.pending.registrations.is_empty() && self.pending.writes.is_empty() {
+            return;
+        }
+        let mut outcome = Some(outcome);
+        for (proposed_in, p) in take_at(&mut self.pending.registrations, index) {
+            let result = match outcome.take_if(|o| proposed_in == term && matches!(o, Outcome::Registered(_))) {
+                Some(Outcome::Registered(id)) => Ok(id),
                 _ => Err(self.dropped()),
             };
-            return p.reply.send(result);
+            p.reply.send(result);
         }
-        let Some(p) = self.pending.writes.remove(&index) else { return };
-        let result = match outcome {
-            // Another leader's entry took the slot: ours was dropped (§5.3).
-            _ if p.term != term => Err(self.dropped()),
-            Outcome::Applied(response) => Ok(response),
-            Outcome::Cached(bytes) => decode_response::<M>(&bytes),
-            Outcome::Refused(e) => Err(e),
-            Outcome::Registered(_) | Outcome::Nothing => Err(self.dropped()),
-        };
-        p.reply.send(result);
+        for (proposed_in, p) in take_at(&mut self.pending.writes, index) {
+            let result = match outcome.take_if(|_| proposed_in == term) {
+                Some(Outcome::Applied(response)) => Ok(response),
+                Some(Outcome::Cached(bytes)) => decode_response::<M>(&bytes),
+                Some(Outcome::Refused(e)) => Err(e),
+                Some(Outcome::Registered(_) | Outcome::Nothing) | None => Err(self.dropped()),
+            };
+            p.reply.send(result);
+        }
     }
 
     /// After a snapshot moved `applied` past proposals still waiting: the session table
     /// says what became of tagged commands; for the rest nobody can tell any more.
     pub(super) fn answer_skipped(&mut self) {
-        let waiting = self.pending.writes.split_off(&self.applied.next());
-        for (_, p) in std::mem::replace(&mut self.pending.writes, waiting) {
+        for (_, p) in take_through(&mut self.pending.writes, self.applied) {
             let result = match p.tag.map(|tag| self.sessions.lookup(tag)) {
                 Some(Some(Ok(bytes))) => decode_response::<M>(&bytes),
                 // The snapshot covers the entry, and the session has no response for it.
@@ -145,8 +150,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             };
             p.reply.send(result);
         }
-        let waiting = self.pending.registrations.split_off(&self.applied.next());
-        for (_, p) in std::mem::replace(&mut self.pending.registrations, waiting) {
+        for (_, p) in take_through(&mut self.pending.registrations, self.applied) {
             p.reply.send(Err(Error::LeadershipLost));
         }
     }

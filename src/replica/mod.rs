@@ -180,8 +180,9 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
                 match self.core.propose(command) {
                     Ok(index) => {
                         let term = self.core.current_term();
-                        let proposed = Proposed { term, tag, deadline, reply: reply.proposed() };
-                        self.pending.writes.insert(index, proposed);
+                        let proposed = Proposed { tag, deadline, reply: reply.proposed() };
+                        let old = self.pending.writes.insert((index, term), proposed);
+                        debug_assert!(old.is_none(), "one proposal per index and term");
                     }
                     Err(e) => reply.send(Err(self.refusal(e))),
                 }
@@ -191,8 +192,9 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
                 match self.core.propose(session::encode_register()) {
                     Ok(index) => {
                         let term = self.core.current_term();
-                        let proposed = Proposed { term, tag: None, deadline, reply: reply.proposed() };
-                        self.pending.registrations.insert(index, proposed);
+                        let proposed = Proposed { tag: None, deadline, reply: reply.proposed() };
+                        let old = self.pending.registrations.insert((index, term), proposed);
+                        debug_assert!(old.is_none(), "one proposal per index and term");
                     }
                     Err(e) => reply.send(Err(self.refusal(e))),
                 }
@@ -338,7 +340,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         assert!(self.applied <= self.core.commit_index(), "applied beyond commit");
         assert!(self.storage.synced() <= self.appended, "storage synced more than it was given");
         let first_waiting = self.pending.writes.keys().chain(self.pending.registrations.keys()).min();
-        assert!(first_waiting.is_none_or(|&i| i > self.applied), "a proposal waits for an index already applied");
+        assert!(first_waiting.is_none_or(|&(i, _)| i > self.applied), "a proposal waits for an index already applied");
     }
 
     // ----- helpers -----

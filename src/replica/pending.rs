@@ -20,22 +20,38 @@ pub(crate) enum Change {
 
 /// A proposed entry's client, waiting for the entry's fate.
 pub(crate) struct Proposed<R> {
-    /// The term it was proposed in: an entry of another term at its index replaced it.
-    pub term: Term,
     /// The command's session tag, if it has one.
     pub tag: Option<SessionTag>,
     pub deadline: Deadline,
     pub reply: R,
 }
 
+/// Proposals waiting for their entry's fate, by (index, term proposed in).
+pub(crate) type ProposedAt<R> = BTreeMap<(LogIndex, Term), Proposed<R>>;
+
+/// Removes and returns the proposals waiting at `index`, whatever their term.
+pub(crate) fn take_at<R>(proposed: &mut ProposedAt<R>, index: LogIndex) -> Vec<(Term, Proposed<R>)> {
+    let keys: Vec<(LogIndex, Term)> =
+        proposed.range((index, Term(0))..=(index, Term(u64::MAX))).map(|(&k, _)| k).collect();
+    keys.into_iter().map(|k| (k.1, proposed.remove(&k).expect("just found"))).collect()
+}
+
+/// Removes and returns the proposals waiting at `index` or before.
+pub(crate) fn take_through<R>(proposed: &mut ProposedAt<R>, index: LogIndex) -> ProposedAt<R> {
+    let later = proposed.split_off(&(index.next(), Term(0)));
+    std::mem::replace(proposed, later)
+}
+
 /// Everything waiting for the Raft core or the state machine.
 pub(crate) struct Pending<M: StateMachine, C: Channel> {
-    /// Proposed writes by log index. They outlive the leadership they were proposed
-    /// under: as a follower, the replica still learns their fate when it applies their
-    /// index (or their deadline passes).
-    pub writes: BTreeMap<LogIndex, Proposed<C::Reply<M::Response>>>,
-    /// Proposed session registrations by log index, likewise.
-    pub registrations: BTreeMap<LogIndex, Proposed<C::Reply<u64>>>,
+    /// Proposed writes by log index and the term they were proposed in. They outlive the
+    /// leadership they were proposed under: as a follower, the replica still learns their
+    /// fate when it applies their index (or their deadline passes). Several may wait at one
+    /// index, proposed in different terms (the log was overwritten in between): the one
+    /// whose term the committed entry has, if any, was applied; the others were not.
+    pub writes: ProposedAt<C::Reply<M::Response>>,
+    /// Proposed session registrations, likewise.
+    pub registrations: ProposedAt<C::Reply<u64>>,
     /// The clock when expired writes were last looked for.
     swept_at: Deadline,
     /// Reads waiting for their ReadIndex confirmation, by context.
@@ -174,13 +190,13 @@ impl<M: StateMachine, C: Channel> Pending<M, C> {
 /// Answers `Timeout` to the proposals whose deadline has passed, fate unknown. (A leader
 /// sweeps too: its client has given up, and the entry is applied whether or not anyone
 /// still waits.)
-fn expire_proposed<T: Send + 'static, R: Respond<T>>(proposed: &mut BTreeMap<LogIndex, Proposed<R>>, now: Deadline) {
+fn expire_proposed<T: Send + 'static, R: Respond<T>>(proposed: &mut ProposedAt<R>, now: Deadline) {
     if proposed.values().all(|p| p.deadline > now) {
         return;
     }
-    let expired: Vec<LogIndex> = proposed.iter().filter(|(_, p)| p.deadline <= now).map(|(&i, _)| i).collect();
-    for index in expired {
-        let p = proposed.remove(&index).expect("just found");
+    let expired: Vec<(LogIndex, Term)> = proposed.iter().filter(|(_, p)| p.deadline <= now).map(|(&k, _)| k).collect();
+    for key in expired {
+        let p = proposed.remove(&key).expect("just found");
         p.reply.send(Err(Error::Timeout));
     }
 }

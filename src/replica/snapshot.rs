@@ -56,7 +56,16 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             log::warn!("node {}: the state machine declares snapshots but returned none", self.core.id());
             return self.retry_snapshot_later();
         };
-        let meta = SnapshotMeta { index, term, membership: self.core.membership_at(index) };
+        let membership = self.core.membership_at(index);
+        if membership.voters.is_empty() {
+            // A `join()` server whose log holds no configuration at or before `index` (the
+            // cluster's first one is each founder's initial setting, not an entry) cannot
+            // say which configuration the snapshot holds: it waits until one is in its log
+            // (the simulator found such a snapshot, which every follower rightly refused).
+            log::debug!("node {}: no configuration known at {index}; snapshot postponed", self.core.id());
+            return self.retry_snapshot_later();
+        }
+        let meta = SnapshotMeta { index, term, membership };
         // The session table is replicated state too: it goes first, then the machine's.
         let sessions = self.sessions.clone();
         let capture = Snapshot::new(move |w| {

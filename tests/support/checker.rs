@@ -81,6 +81,14 @@ pub struct Checker {
     pub writes_outstanding: HashSet<u64>,
     /// Reads issued and not yet answered.
     pub reads_outstanding: HashSet<u64>,
+    /// Session registrations and session write attempts issued and not yet answered.
+    pub registrations_outstanding: HashSet<u64>,
+    pub attempts_outstanding: HashSet<u64>,
+    /// (session, sequence) of every tagged command committed: a later entry with the same
+    /// tag is a retry, which the session table answers without applying (§6.3).
+    tags_applied: HashSet<(u64, u64)>,
+    /// Committed entries that were retries of an applied command, and so not applied.
+    pub duplicates_skipped: u64,
     /// Writes answered `Ok`.
     acked: HashSet<u64>,
     /// Reads served.
@@ -171,8 +179,15 @@ impl Checker {
         }
         assert_eq!(pos, self.committed.len(), "node {id}: commit gap before {}", entry.index);
         self.committed.push(Committed { term: entry.term, fingerprint: fp, commit_term: observer_term });
-        if let Payload::Command(bytes) = &entry.payload {
-            let body = quorate::replica::command_body(bytes).expect("simulated commands are well formed");
+        if let Payload::Command(bytes) = &entry.payload
+            && let Some(body) = quorate::replica::command_body(bytes)
+        {
+            if let Some(tag) = quorate::replica::command_tag(bytes)
+                && !self.tags_applied.insert((tag.session, tag.seq))
+            {
+                self.duplicates_skipped += 1;
+                return;
+            }
             let cmd: u64 = rmp_serde::from_slice(body).expect("simulated commands are u64s");
             assert!(!self.refused.contains(&cmd), "command {cmd} committed at {} after a certain refusal", entry.index);
             let mut h = Fnv(self.chain.last().map_or(Fnv::default().0, |&(_, h)| h));
@@ -229,9 +244,16 @@ impl Checker {
             Outcome::Read { id, .. } | Outcome::ReadFailed { id, .. } => {
                 assert!(self.reads_outstanding.remove(id), "read {id} answered twice, or never issued");
             }
+            Outcome::Registered { id, .. } => {
+                assert!(self.registrations_outstanding.remove(id), "registration {id} answered twice, or never issued");
+            }
+            Outcome::SessionWrite { attempt, .. } => {
+                assert!(self.attempts_outstanding.remove(attempt), "attempt {attempt} answered twice, or never issued");
+            }
         }
         match outcome {
-            Outcome::Write { cmd, result: Ok((answered, count, hash)) } => {
+            Outcome::Write { cmd, result: Ok((answered, count, hash)) }
+            | Outcome::SessionWrite { cmd, result: Ok((answered, count, hash)), .. } => {
                 // An Ok names the entry that produced it: our command, applied exactly
                 // where the committed log has it.
                 assert_eq!(answered, cmd, "the write of {cmd} was answered with the response to {answered}");
@@ -264,6 +286,14 @@ impl Checker {
                 self.reads_checked += 1;
             }
             Outcome::ReadFailed { .. } => self.reads_failed += 1,
+            Outcome::Registered { .. } => {}
+            // One attempt's refusal says nothing of the others'; but no session expires
+            // in these runs, so a refusal for expiry means the table lost a session.
+            Outcome::SessionWrite { cmd, result: Err(why), .. } => {
+                let why = format!("{why:?}");
+                assert!(!why.contains("session expired"), "session write of {cmd}: {why}");
+                self.writes_indeterminate += 1;
+            }
         }
     }
 
@@ -287,6 +317,8 @@ impl Checker {
     pub fn check_all_answered(&self) {
         assert!(self.writes_outstanding.is_empty(), "writes never answered: {:?}", self.writes_outstanding);
         assert!(self.reads_outstanding.is_empty(), "reads never answered: {:?}", self.reads_outstanding);
+        assert!(self.registrations_outstanding.is_empty(), "registrations never answered");
+        assert!(self.attempts_outstanding.is_empty(), "session writes never answered: {:?}", self.attempts_outstanding);
     }
 
     /// Whether the writer of `cmd` was told, for certain, that it was not applied.

@@ -44,6 +44,11 @@ pub enum Outcome {
     Read { id: u64, node: u64, floor: u64, count: u64, hash: u64 },
     /// Read `id` was refused or failed.
     ReadFailed { id: u64, why: String },
+    /// Registration `id` of a session answered: the session's id, or why not.
+    Registered { id: u64, result: Result<u64, String> },
+    /// Attempt `attempt` of the session write of `cmd` (retries send the same tag again,
+    /// as a remote client following the leader would).
+    SessionWrite { cmd: u64, attempt: u64, result: Result<WriteResponse, Refusal> },
 }
 
 /// An error, as the checker classifies it.

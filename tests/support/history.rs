@@ -146,14 +146,8 @@ impl History {
             output,
             inv.input
         );
-        let op = Op {
-            client: inv.client,
-            key: inv.key,
-            input: inv.input,
-            output,
-            invoke_ns: inv.invoke_ns,
-            complete_ns,
-        };
+        let op =
+            Op { client: inv.client, key: inv.key, input: inv.input, output, invoke_ns: inv.invoke_ns, complete_ns };
         self.ops.lock().unwrap().push(op);
     }
 

@@ -6,13 +6,14 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quorate::core::{CoreConfig, Membership, Message, MessageKind, NodeId, Raft, Role, SplitMix64};
 use quorate::replica::{Compaction, ReadFn, Replica, ReplicaConfig, Request};
 
 use super::checker::{Checker, NodeCheck};
-use super::clients::{Outcome, Outcomes, SimClient, SimMachine, SimReply, write_reply};
+use super::clients::{Outcome, Outcomes, Refusal, SimClient, SimMachine, SimReply, WriteResponse, write_reply};
 use super::sim_storage::{Disk, SimStorage};
 use super::trace::{Event, Trace};
 
@@ -211,10 +212,29 @@ pub struct Sim {
     outcomes: Outcomes,
     next_cmd: u64,
     next_read: u64,
+    /// Simulated remote clients' sessions, and the answers to their registrations.
+    sessions: Vec<SimSession>,
+    registered: Arc<Mutex<Vec<u64>>>,
+    next_attempt: u64,
     pub trace: Trace,
     /// The highest term and the messages refused at the cores' door, as of the final stop.
     pub max_term_seen: u64,
     pub refused_seen: u64,
+}
+
+/// A simulated remote client's session: its commands not yet answered `Ok`, by sequence.
+struct SimSession {
+    id: u64,
+    next_seq: u64,
+    waiting: BTreeMap<u64, u64>,
+    /// Sequences answered `Ok` since the client last looked.
+    acked: Arc<Mutex<Vec<u64>>>,
+}
+
+impl SimSession {
+    fn new(id: u64) -> SimSession {
+        SimSession { id, next_seq: 1, waiting: BTreeMap::new(), acked: Arc::default() }
+    }
 }
 
 /// What the core counts as durable is on the disk: its entry at the persisted index (if
@@ -252,6 +272,9 @@ impl Sim {
             outcomes: Outcomes::default(),
             next_cmd: 1,
             next_read: 1,
+            sessions: Vec::new(),
+            registered: Arc::default(),
+            next_attempt: 1,
             max_term_seen: 0,
             refused_seen: 0,
             trace: Trace::default(),
@@ -472,6 +495,75 @@ impl Sim {
         let timeout = Duration::from_secs(5);
         self.with(id, |r| r.on_request(Request::Write { command, timeout, reply }));
         cmd
+    }
+
+    /// A session client (as a remote client following the leader would be) registers a
+    /// session at server `id`.
+    pub fn register_session(&mut self, id: NodeId) {
+        let reg = self.next_attempt;
+        self.next_attempt += 1;
+        self.checker.registrations_outstanding.insert(reg);
+        let (outcomes, registered) = (self.outcomes.clone(), self.registered.clone());
+        let reply = SimReply::new(move |result: quorate::Result<u64>| {
+            if let Ok(session) = &result {
+                registered.lock().unwrap().push(*session);
+            }
+            let result = result.map_err(|e| e.to_string());
+            outcomes.lock().unwrap().push(Outcome::Registered { id: reg, result });
+        });
+        self.trace.push(self.now, Event::Admin(id, format!("register session ({reg})")));
+        let timeout = Duration::from_secs(5);
+        self.with(id, |r| r.on_request(Request::RegisterSession { timeout, reply }));
+    }
+
+    /// A session client sends a command at server `id`: with probability `retry`, another
+    /// attempt of one of its earlier commands not yet acknowledged (the same tag), else a
+    /// fresh one. Registers a session first if it has none.
+    pub fn session_write(&mut self, id: NodeId, retry: f64) {
+        self.sessions.extend(self.registered.lock().unwrap().drain(..).map(SimSession::new));
+        if self.sessions.is_empty() {
+            return self.register_session(id);
+        }
+        let k = self.rng.between(0, self.sessions.len() as u64 - 1) as usize;
+        let again = self.rng.chance(retry) && !self.sessions[k].waiting.is_empty();
+        let (seq, cmd) = if again {
+            let seqs: Vec<u64> = self.sessions[k].waiting.keys().copied().collect();
+            let seq = self.rng.pick(&seqs).expect("not empty");
+            (seq, self.sessions[k].waiting[&seq])
+        } else {
+            let cmd = self.next_cmd;
+            self.next_cmd += 1;
+            let s = &mut self.sessions[k];
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.waiting.insert(seq, cmd);
+            (seq, cmd)
+        };
+        let s = &self.sessions[k];
+        let acked = s.waiting.keys().next().copied().unwrap_or(seq);
+        let tag = quorate::replica::SessionTag { session: s.id, seq, acked };
+        let command = quorate::replica::encode_command(Some(tag), &cmd).expect("a u64 encodes");
+        let attempt = self.next_attempt;
+        self.next_attempt += 1;
+        self.checker.attempts_outstanding.insert(attempt);
+        let outcomes = self.outcomes.clone();
+        let acked_now = s.acked.clone();
+        let reply = SimReply::new(move |result: quorate::Result<WriteResponse>| {
+            if result.is_ok() {
+                acked_now.lock().unwrap().push(seq);
+            }
+            let result = result.map_err(Refusal::from);
+            outcomes.lock().unwrap().push(Outcome::SessionWrite { cmd, attempt, result });
+        });
+        self.trace.push(self.now, Event::Write(id, cmd));
+        let timeout = Duration::from_secs(5);
+        self.with(id, |r| r.on_request(Request::Write { command, timeout, reply }));
+        // Answers so far end the waits they answer (the client stops retrying those).
+        for s in &mut self.sessions {
+            for seq in s.acked.lock().unwrap().drain(..) {
+                s.waiting.remove(&seq);
+            }
+        }
     }
 
     /// A client issues a linearizable read at server `id`: it must see every write

@@ -24,6 +24,8 @@ pub struct Disk {
     /// Snapshots saved (and durable), and received snapshots installed, over all lives.
     pub saves: u64,
     pub installs: u64,
+    /// Bytes of snapshot chunks received, over all lives (a transfer under way is progress).
+    pub received: u64,
 }
 
 impl Disk {
@@ -218,6 +220,7 @@ impl Storage for SimStorage {
         let (meta, bytes) = self.receiving.as_mut().expect("a transfer starts at offset 0");
         assert!(*meta == chunk.meta && chunk.offset == bytes.len() as u64, "the core hands chunks over in order");
         bytes.extend_from_slice(&chunk.data);
+        self.disk.borrow_mut().received += chunk.data.len() as u64;
         Ok(())
     }
 

@@ -27,6 +27,8 @@ pub struct Stats {
     /// Snapshots saved, and received by InstallSnapshot and installed.
     pub snapshots_saved: u64,
     pub snapshots_installed: u64,
+    /// Committed retries of session commands, answered from the session table.
+    pub duplicates_skipped: u64,
 }
 
 impl Stats {
@@ -41,6 +43,7 @@ impl Stats {
         self.refused += s.refused;
         self.snapshots_saved += s.snapshots_saved;
         self.snapshots_installed += s.snapshots_installed;
+        self.duplicates_skipped += s.duplicates_skipped;
     }
 }
 
@@ -80,6 +83,7 @@ pub fn run(seed: u64, sc: Scenario) -> Stats {
         refused: sim.refused_seen,
         snapshots_saved: sim.disks().map(|d| d.saves).sum(),
         snapshots_installed: sim.disks().map(|d| d.installs).sum(),
+        duplicates_skipped: sim.checker.duplicates_skipped,
     }
 }
 
@@ -93,6 +97,15 @@ fn drive(sim: &mut Sim, sc: Scenario) {
             let target = if sim.rng.chance(0.8) { sim.leader() } else { sim.rng.pick(&live) };
             if let Some(id) = target {
                 sim.write(id);
+            }
+        }
+        if sim.rng.chance(0.04) {
+            // Session clients retry their unanswered commands anywhere, as remote clients
+            // following the leader would: the session table must apply each once.
+            let live = sim.live_ids();
+            let target = if sim.rng.chance(0.7) { sim.leader() } else { sim.rng.pick(&live) };
+            if let Some(id) = target {
+                sim.session_write(id, 0.4);
             }
         }
         if sim.rng.chance(0.02) {
@@ -129,7 +142,8 @@ fn check_liveness(sim: &mut Sim) {
             .values()
             .filter_map(|n| n.replica.as_ref())
             .map(|r| r.applied().0 + r.core().persisted_index().0)
-            .sum();
+            .sum::<u64>()
+            + sim.disks().map(|d| d.received).sum::<u64>();
         if moved > progress {
             (progress, stalled_units) = (moved, 0);
         }
@@ -181,8 +195,9 @@ fn dump(sim: &Sim) {
         for (id, n) in &sim.nodes {
             match &n.replica {
                 Some(r) => eprintln!(
-                    "  {id}: {:?} persisted={} unsynced={} applied={} members={:?} learners={:?} cfg_index={} retired={}",
+                    "  {id}: {:?} refused={:?} persisted={} unsynced={} applied={} members={:?} learners={:?} cfg_index={} retired={}",
                     r.core(),
+                    r.core().refused(),
                     r.core().persisted_index().0,
                     r.storage().unsynced_len(),
                     r.applied().0,
