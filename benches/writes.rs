@@ -203,6 +203,28 @@ fn main() {
             cpu / base_cpu
         );
     }
-    drop(client);
+    // Sessions (§6.3): the same two figures from a client without one, same run.
+    let plain = client.without_session();
+    let plain_writes = sequential_writes(&plain, duration);
+    let cpu_before = cpu_time();
+    let plain_total = concurrent_writes(&plain, threads, duration);
+    let plain_cpu =
+        cpu_time().zip(cpu_before).map(|(after, before)| (after - before).as_nanos() as f64 / plain_total as f64);
+    println!("quorate: sessions on (the default) against a client without a session, same run");
+    println!(
+        "  sequential p50 {:.1} us vs {:.1} us without  =>  {:.2}x",
+        us(writes.value_at_quantile(0.5)),
+        us(plain_writes.value_at_quantile(0.5)),
+        writes.value_at_quantile(0.5) as f64 / plain_writes.value_at_quantile(0.5) as f64
+    );
+    println!(
+        "  {threads} threads {throughput:.0} vs {:.0} writes/s without  =>  {:.2}x",
+        plain_total as f64 / duration.as_secs_f64(),
+        total as f64 / plain_total as f64
+    );
+    if let (Some(cpu), Some(plain_cpu)) = (cpu_per_write, plain_cpu) {
+        println!("  {:.2} us vs {:.2} us of CPU per write without", cpu / 1000.0, plain_cpu / 1000.0);
+    }
+    drop((client, plain));
     drop(nodes);
 }

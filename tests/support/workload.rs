@@ -288,7 +288,7 @@ pub fn run_seeds(name: &str, seeds: std::ops::Range<u64>, sc: Scenario) -> Stats
         }
     }
     eprintln!(
-        "{name}: {count} seeds, {} entries committed; writes: {} acknowledged, {} refused, {} indeterminate; {} linearizable reads checked, {} refused or failed; every request answered exactly once; {} snapshots saved, {} installed by InstallSnapshot; highest term {}",
+        "{name}: {count} seeds, {} entries committed; writes: {} acknowledged, {} refused, {} indeterminate; {} linearizable reads checked, {} refused or failed; every request answered exactly once; {} snapshots saved, {} installed by InstallSnapshot; {} committed session retries answered from the session table; highest term {}",
         total.committed,
         total.writes_acked,
         total.writes_refused,
@@ -297,6 +297,7 @@ pub fn run_seeds(name: &str, seeds: std::ops::Range<u64>, sc: Scenario) -> Stats
         total.reads_failed,
         total.snapshots_saved,
         total.snapshots_installed,
+        total.duplicates_skipped,
         total.max_term
     );
     total
