@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod durable;
 pub mod history;
 pub mod hostile;
+pub mod linearizability;
 pub mod proxy;
 pub mod sim;
 pub mod sim_storage;
