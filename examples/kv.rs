@@ -55,6 +55,9 @@ enum KvCommand {
     Delete(String),
     /// Set `key` to `new` (`None` deletes) only if its value is `expected` (`None`: absent).
     CompareAndSwap { key: String, expected: Option<String>, new: Option<String> },
+    /// Append `value` to `key`'s comma-separated list (an absent key is an empty list);
+    /// answers the previous value.
+    Append(String, String),
 }
 
 /// The store's answers.
@@ -84,6 +87,12 @@ impl StateMachine for Kv {
                     None => self.map.remove(&key),
                 };
                 KvResponse::Swapped { swapped: true, current: self.map.get(&key).cloned() }
+            }
+            KvCommand::Append(key, value) => {
+                let previous = self.map.get(&key).cloned();
+                let list = previous.as_ref().map_or(value.clone(), |l| format!("{l},{value}"));
+                self.map.insert(key, list);
+                KvResponse::Value(previous)
             }
         }
     }
@@ -119,6 +128,7 @@ commands:
   dump-local           this node's whole map on one line, possibly stale (any node)
   del KEY              delete
   cas KEY OLD NEW      compare-and-swap; `-` means absent (OLD) or delete (NEW)
+  append KEY VALUE     append to KEY's comma-separated list
   status               this node's view: role, term, leader, indexes, members
   add ID ADDR          add a node started with --join (on the leader)
   remove ID            remove a member (on the leader)
@@ -320,6 +330,7 @@ fn execute(client: &Client<Kv>, words: &[&str]) -> Flow {
             expected: opt(expected),
             new: opt(new),
         })),
+        ["append", key, value] => show_write(client.write(KvCommand::Append(key.to_string(), value.to_string()))),
         ["status"] => show(client.status(), print_status),
         ["add", id, addr] => match (id.parse::<NodeId>(), addr.parse::<SocketAddr>()) {
             (Ok(id), Ok(addr)) => show(client.add_server(id, addr), |()| println!("node {id} is now a voter")),

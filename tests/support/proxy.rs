@@ -1,23 +1,53 @@
-//! A TCP proxy for one directed link between two nodes, that a test can cut and heal.
+//! A TCP proxy for one directed link between two nodes, that a test can cut, black-hole,
+//! slow down and heal.
 //!
 //! A node dials each peer at the address in its own `Config`, so giving node `i` the
 //! address of a proxy in front of node `j` routes everything `i` sends to `j` through
-//! it. Cutting the proxy closes every connection it carries and refuses new ones (they
-//! are accepted and closed at once) until it is healed.
+//! it (a node sends only on connections it dialed, so the proxy is the link `i -> j`).
+//! See [`LinkMode`] for what the link can do.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// What a link does with the bytes it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkMode {
+    /// Forwards every byte (after the link's delay, if any).
+    Pass,
+    /// A black hole: connections stay open and bytes are read and discarded, so the sender
+    /// sees no error and learns of the loss only by silence. A connection that lost bytes
+    /// is closed when the link passes bytes again, as TCP would end it, rather than deliver
+    /// a stream with a hole in it.
+    Drop,
+    /// Closes every connection and refuses new ones (accepted, then closed at once).
+    Cut,
+}
+
+impl LinkMode {
+    fn from_u8(v: u8) -> LinkMode {
+        match v {
+            0 => LinkMode::Pass,
+            1 => LinkMode::Drop,
+            _ => LinkMode::Cut,
+        }
+    }
+}
+
 struct Inner {
     target: SocketAddr,
-    cut: AtomicBool,
+    /// A [`LinkMode`] as `u8`.
+    mode: AtomicU8,
+    /// Latency added to every chunk read, in microseconds.
+    delay_us: AtomicU64,
     stop: AtomicBool,
-    /// Both sockets of every forwarded connection, so `cut` can close them.
-    conns: Mutex<Vec<TcpStream>>,
+    /// Both sockets of every forwarded connection still open, by connection number, so
+    /// `cut` can close them; a connection's pumps remove it when they end.
+    conns: Mutex<HashMap<usize, [TcpStream; 2]>>,
     /// Connections forwarded so far, and forwarding directions that ended.
     forwarded: AtomicUsize,
     ended: AtomicUsize,
@@ -39,9 +69,10 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let inner = Arc::new(Inner {
             target,
-            cut: AtomicBool::new(false),
+            mode: AtomicU8::new(LinkMode::Pass as u8),
+            delay_us: AtomicU64::new(0),
             stop: AtomicBool::new(false),
-            conns: Mutex::new(Vec::new()),
+            conns: Mutex::new(HashMap::new()),
             forwarded: AtomicUsize::new(0),
             ended: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
@@ -63,8 +94,24 @@ impl Proxy {
 
     /// Closes every connection and refuses new ones until [`Proxy::heal`].
     pub fn cut(&self) {
-        self.inner.cut.store(true, Ordering::SeqCst);
-        close_all(&self.inner);
+        self.set_mode(LinkMode::Cut);
+    }
+
+    /// Switches the link to `mode` (see [`LinkMode`]); `Cut` closes every connection now.
+    pub fn set_mode(&self, mode: LinkMode) {
+        self.inner.mode.store(mode as u8, Ordering::SeqCst);
+        if mode == LinkMode::Cut {
+            close_all(&self.inner);
+        }
+    }
+
+    pub fn mode(&self) -> LinkMode {
+        self.inner.mode()
+    }
+
+    /// Holds every chunk this long before forwarding it (zero: none).
+    pub fn set_delay(&self, delay: Duration) {
+        self.inner.delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// How many connections it has forwarded, and how many of them ended (either way).
@@ -78,9 +125,20 @@ impl Proxy {
         self.inner.bytes.load(Ordering::SeqCst)
     }
 
-    /// Forwards new connections again.
+    /// Forwards every byte again, at once, on new connections and on those still open.
     pub fn heal(&self) {
-        self.inner.cut.store(false, Ordering::SeqCst);
+        self.set_delay(Duration::ZERO);
+        self.set_mode(LinkMode::Pass);
+    }
+}
+
+impl Inner {
+    fn mode(&self) -> LinkMode {
+        LinkMode::from_u8(self.mode.load(Ordering::SeqCst))
+    }
+
+    fn delay(&self) -> Duration {
+        Duration::from_micros(self.delay_us.load(Ordering::SeqCst))
     }
 }
 
@@ -97,7 +155,7 @@ impl Drop for Proxy {
 }
 
 fn close_all(inner: &Inner) {
-    for s in inner.conns.lock().unwrap().drain(..) {
+    for s in inner.conns.lock().unwrap().drain().flat_map(|(_, pair)| pair) {
         let _ = s.shutdown(Shutdown::Both);
     }
 }
@@ -108,7 +166,7 @@ fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
             return;
         }
         let Ok(client) = stream else { continue };
-        if inner.cut.load(Ordering::SeqCst) {
+        if inner.mode() == LinkMode::Cut {
             let _ = client.shutdown(Shutdown::Both);
             continue;
         }
@@ -123,43 +181,60 @@ fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
         else {
             continue;
         };
-        {
+        let number = {
             // `cut` sets the flag before taking the lock: either it sees these sockets or
             // we see the flag.
             let mut conns = inner.conns.lock().unwrap();
-            if inner.cut.load(Ordering::SeqCst) || inner.stop.load(Ordering::SeqCst) {
+            if inner.mode() == LinkMode::Cut || inner.stop.load(Ordering::SeqCst) {
                 let _ = client.shutdown(Shutdown::Both);
                 let _ = server.shutdown(Shutdown::Both);
                 continue;
             }
-            conns.push(c3);
-            conns.push(s3);
-        }
-        inner.forwarded.fetch_add(1, Ordering::SeqCst);
+            let number = inner.forwarded.fetch_add(1, Ordering::SeqCst);
+            conns.insert(number, [c3, s3]);
+            number
+        };
         let (i1, i2) = (inner.clone(), inner.clone());
         std::thread::spawn(move || {
-            pump(client, s2, Some(&i1.bytes));
+            pump(client, s2, &i1, true);
+            i1.conns.lock().unwrap().remove(&number);
             i1.ended.fetch_add(1, Ordering::SeqCst);
         });
         std::thread::spawn(move || {
-            pump(server, c2, None);
+            pump(server, c2, &i2, false);
+            i2.conns.lock().unwrap().remove(&number);
             i2.ended.fetch_add(1, Ordering::SeqCst);
         });
     }
 }
 
-/// Copies `from` to `to` until either side fails or closes, then closes both.
-fn pump(mut from: TcpStream, mut to: TcpStream, count: Option<&AtomicUsize>) {
+/// Copies `from` to `to` as the link's mode says, until either side fails or closes or
+/// the link is cut, then closes both. `forward`: the direction from the dialer to the
+/// target, whose bytes are counted.
+fn pump(mut from: TcpStream, mut to: TcpStream, inner: &Inner, forward: bool) {
     let mut buf = vec![0u8; 64 * 1024];
+    // Bytes of this stream were discarded: it must not carry any more.
+    let mut lost_bytes = false;
     loop {
-        match from.read(&mut buf) {
+        let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
+            Ok(n) => n,
+        };
+        let delay = inner.delay();
+        if !delay.is_zero() {
+            // The latency is the fault being injected, not a wait for anything.
+            std::thread::sleep(delay);
+        }
+        match inner.mode() {
+            LinkMode::Cut => break,
+            LinkMode::Drop => lost_bytes = true,
+            LinkMode::Pass if lost_bytes => break,
+            LinkMode::Pass => {
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
-                if let Some(count) = count {
-                    count.fetch_add(n, Ordering::SeqCst);
+                if forward {
+                    inner.bytes.fetch_add(n, Ordering::SeqCst);
                 }
             }
         }
