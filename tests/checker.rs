@@ -129,6 +129,21 @@ fn an_indeterminate_write_may_never_take_effect() {
 }
 
 #[test]
+fn an_indeterminate_cas_swaps_only_from_its_value() {
+    let info_cas = |from, to, at: (u64, u64)| op(2, "k", Input::Cas(from, to), Output::Info, at.0, at.1);
+    assert_linearizable(&[write(1, 1, (0, 10)), info_cas(1, 5, (20, 30)), read(1, Value::Int(5), (40, 50))]);
+    assert_not_linearizable(&[write(1, 1, (0, 10)), info_cas(9, 5, (20, 30)), read(1, Value::Int(5), (40, 50))]);
+    // One indeterminate op building on another.
+    assert_linearizable(&[
+        write(1, 1, (0, 10)),
+        op(3, "k", Input::Write(2), Output::Info, 20, 30),
+        info_cas(2, 3, (40, 50)),
+        read(1, Value::Int(1), (60, 70)),
+        read(1, Value::Int(3), (100, 110)),
+    ]);
+}
+
+#[test]
 fn a_failed_write_must_have_had_no_effect() {
     let message = assert_not_linearizable(&[
         write(1, 1, (0, 10)),
