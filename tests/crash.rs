@@ -8,13 +8,16 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use support::kvprocs::kv_binary;
+
+mod support;
 
 const NODES: u64 = 3;
 /// How long one command may take before the writer gives up on it (indeterminate).
@@ -23,23 +26,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const PATIENCE: Duration = Duration::from_secs(60);
 /// Acknowledged writes between kills.
 const WRITES_BETWEEN_KILLS: usize = 25;
-
-/// Builds the `kv` example with the profile this test was built with, and returns its path.
-fn kv_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let target_dir = profile_dir.parent().expect("target dir");
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo.args(["build", "--example", "kv", "--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")]);
-    if !cfg!(debug_assertions) {
-        cargo.arg("--release");
-    }
-    let status = cargo.env("CARGO_TARGET_DIR", target_dir).status().expect("run cargo build");
-    assert!(status.success(), "cargo build --example kv failed");
-    let kv = profile_dir.join("examples").join(format!("kv{}", std::env::consts::EXE_SUFFIX));
-    assert!(kv.exists(), "{} missing after the build", kv.display());
-    kv
-}
 
 /// One running `kv` process: its stdin, and its stdout lines.
 struct Proc {
