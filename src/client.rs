@@ -12,9 +12,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::core::NodeId;
 use crate::error::{Error, Result};
-use crate::replica::{ReadFn, Request, encode_command, tag_encoded};
+use crate::replica::{ReadFn, Request, check_command, command_body, encode_command, tag_encoded};
 use crate::runtime::request::{Answer, LocalRequest, Reply, deadline_after, reply_slot};
-use crate::session::ClientSession;
+use crate::session::{ClientSession, fresh_secret};
 use crate::state_machine::StateMachine;
 use crate::status::Status;
 
@@ -101,6 +101,7 @@ impl<M: StateMachine> Client<M> {
         let deadline = deadline_after(timeout);
         let body = rmp_serde::to_vec(&command).map_err(|e| Error::Codec(e.to_string()))?;
         self.check_size(body.len())?;
+        check_command::<M::Command>(&body)?;
         loop {
             let id = self.session_id(session, deadline)?;
             let Some(seq) = session.begin(id) else { continue };
@@ -139,21 +140,42 @@ impl<M: StateMachine> Client<M> {
         }
     }
 
-    /// The session's id, registering it through the log first if needed.
+    /// The session's id, registering it through the log first if needed. Registering is
+    /// retried until `deadline` after any answer but a refusal that another attempt would
+    /// meet too (`Redirect`, `Busy`, `Stopped`, ...): a registration that took effect
+    /// unbeknownst to us only leaves an unused session, which expires.
     fn session_id(&self, session: &ClientSession, deadline: Instant) -> Result<u64> {
         if let Some(id) = session.id() {
             return Ok(id);
         }
-        let _one_at_a_time = session.registering.lock();
+        // Clones share the session: one registers, the others wait, but never past their
+        // own deadline.
+        let Some(_one_at_a_time) = session.registering.try_lock_until(deadline) else { return Err(Error::Timeout) };
         if let Some(id) = session.id() {
             return Ok(id);
         }
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let (reply, answer) = reply_slot();
-        self.enqueue(Request::RegisterSession { timeout, reply })?;
-        let id = explain_stop(&self.shared, answer.wait(timeout))?;
-        session.set(id);
-        Ok(id)
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let secret = fresh_secret()?;
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            let (reply, answer) = reply_slot();
+            self.enqueue(Request::RegisterSession { secret, timeout, reply })?;
+            match explain_stop(&self.shared, answer.wait(timeout)) {
+                Ok(id) => {
+                    session.set(id, secret);
+                    return Ok(id);
+                }
+                Err(Error::Dropped { .. } | Error::TransferInProgress | Error::LeadershipLost | Error::Timeout)
+                    if Instant::now() + backoff < deadline =>
+                {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
+                // Certainly nothing registered, or the deadline passed: no session is in
+                // use yet, so no command's fate is uncertain. A timeout is reported as such.
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Hands `command` to the node and returns at once, so one thread can keep many writes
@@ -169,7 +191,9 @@ impl<M: StateMachine> Client<M> {
 
     /// [`Client::submit`] whose answer is awaited at most `timeout` from now.
     pub fn submit_timeout(&self, command: M::Command, timeout: Duration) -> Result<PendingWrite<M::Response>> {
-        self.send_write(encode_command(None, &command)?, deadline_after(timeout))
+        let command = encode_command(None, &command)?;
+        check_command::<M::Command>(command_body(&command).expect("a plain command"))?;
+        self.send_write(command, deadline_after(timeout))
     }
 
     fn check_size(&self, bytes: usize) -> Result<()> {

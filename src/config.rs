@@ -212,11 +212,22 @@ impl Config {
     /// Client sessions (§6.3), which make retried writes apply once: at most
     /// `max_sessions` live sessions (registering one more evicts the least recently used;
     /// default 65,536), each expiring once `expiry_entries` log entries passed without a
-    /// command of it (default 10 million). Every node of a cluster must use the same values:
-    /// they decide, in log order, what every node's session table holds.
+    /// command of it (default 10 million). The limits travel in the log: each session
+    /// registration carries its proposer's, and every node applies the latest registration's
+    /// limits from then on, so nodes configured differently (mid rolling restart) still
+    /// agree on what every session table holds.
     pub fn session_limits(mut self, max_sessions: usize, expiry_entries: u64) -> Config {
         self.sessions.max_sessions = max_sessions;
         self.sessions.expiry_entries = expiry_entries;
+        self
+    }
+
+    /// The most bytes of responses all client sessions keep together (default 256 MiB);
+    /// beyond it the least recently used sessions are evicted (their later commands are
+    /// refused with [`crate::Error::SessionExpired`], never applied twice). Carried in the
+    /// log like [`Config::session_limits`].
+    pub fn session_memory_limit(mut self, bytes: u64) -> Config {
+        self.sessions.max_bytes = bytes;
         self
     }
 
@@ -273,7 +284,7 @@ impl Config {
         if self.client_queue == 0 {
             return bad("client_queue must be non-zero".into());
         }
-        if self.sessions.max_sessions == 0 || self.sessions.expiry_entries == 0 {
+        if self.sessions.max_sessions == 0 || self.sessions.expiry_entries == 0 || self.sessions.max_bytes == 0 {
             return bad("session limits must be non-zero".into());
         }
         if self.compaction.entries == 0 || self.compaction.bytes == 0 {

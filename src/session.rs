@@ -5,7 +5,16 @@ use std::collections::BTreeSet;
 
 use parking_lot::Mutex;
 
+use crate::error::{Error, Result};
 use crate::replica::SessionTag;
+
+/// A fresh secret for a session registration: unguessable, so only its client can use the
+/// session.
+pub(crate) fn fresh_secret() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    Ok(u64::from_le_bytes(bytes))
+}
 
 /// One session, shared by a [`crate::Client`] and its clones.
 #[derive(Default)]
@@ -19,6 +28,8 @@ pub(crate) struct ClientSession {
 struct State {
     /// The registered session's id (the index of its registration entry).
     id: Option<u64>,
+    /// The secret it was registered with; every command of it carries the secret.
+    secret: u64,
     next_seq: u64,
     /// Sequences handed out and not finished: the lowest is the client's acknowledgement.
     outstanding: BTreeSet<u64>,
@@ -31,9 +42,9 @@ impl ClientSession {
     }
 
     /// Adopts a newly registered session (sequences start again at 1).
-    pub fn set(&self, id: u64) {
+    pub fn set(&self, id: u64, secret: u64) {
         let mut s = self.state.lock();
-        *s = State { id: Some(id), next_seq: 1, outstanding: BTreeSet::new() };
+        *s = State { id: Some(id), secret, next_seq: 1, outstanding: BTreeSet::new() };
     }
 
     /// Forgets session `id` (expired), so the next command registers a new one.
@@ -61,7 +72,8 @@ impl ClientSession {
         let s = self.state.lock();
         let acked = if s.id == Some(id) { s.outstanding.first().copied().unwrap_or(seq) } else { seq };
         debug_assert!(acked <= seq, "the command being sent is outstanding");
-        SessionTag { session: id, seq, acked }
+        debug_assert_eq!(s.id, Some(id), "tags are made for the current session");
+        SessionTag { session: id, secret: s.secret, seq, acked }
     }
 
     /// Sequence `seq` has its answer (or the caller gave up on it).

@@ -48,7 +48,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
                     // Decoded while the entry is borrowed from the log (no copy); a
                     // registration has no command.
                     let command = match header {
-                        Header::Register => Err(String::new()),
+                        Header::Register { .. } => Err(String::new()),
                         _ => rmp_serde::from_slice::<M::Command>(body).map_err(|e| e.to_string()),
                     };
                     self.apply_command_entry(index, header, command)
@@ -78,14 +78,15 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         header: Header,
         command: Result<M::Command, String>,
     ) -> Outcome<M::Response> {
-        let limits = self.cfg.sessions;
         let tag = match header {
-            Header::Register => return Outcome::Registered(self.sessions.register(index.0, &limits)),
+            Header::Register { secret, limits } => {
+                return Outcome::Registered(self.sessions.register(index.0, secret, limits));
+            }
             Header::Plain => None,
-            Header::Tagged(tag) => match self.sessions.admit(index.0, tag, &limits) {
+            Header::Tagged(tag) => match self.sessions.admit(index.0, tag) {
                 Admit::Fresh => Some(tag),
                 Admit::Duplicate(response) => {
-                    self.sessions.record(index.0, tag, None, &limits);
+                    self.sessions.record(index.0, tag, None);
                     return Outcome::Cached(response);
                 }
                 Admit::Expired => return Outcome::Refused(Error::SessionExpired),
@@ -94,20 +95,22 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         let command = match command {
             Ok(command) => command,
             Err(e) => {
+                // Commands are checked before they are proposed, so only servers that
+                // disagree on the command type get here: stop rather than fork.
                 self.poison(format!("cannot decode the command at {index}: {e}"));
                 return Outcome::Nothing;
             }
         };
         let Some(response) = self.apply_command(index, command) else { return Outcome::Nothing };
         if let Some(tag) = tag {
-            // Encoded the same way on every server, so every table is the same.
-            match rmp_serde::to_vec(&response) {
-                Ok(bytes) => self.sessions.record(index.0, tag, Some(bytes), &limits),
-                Err(e) => {
-                    self.poison(format!("cannot encode the response to the command at {index}: {e}"));
-                    return Outcome::Nothing;
-                }
-            }
+            // Encoded the same way on every server, so every table is the same. A response
+            // that cannot be encoded fails alike everywhere: the table records the failure
+            // (an empty response) instead of stopping every server at this index.
+            let stored = rmp_serde::to_vec(&response).unwrap_or_else(|e| {
+                log::error!("node {}: cannot encode the response to the command at {index}: {e}", self.core.id());
+                Vec::new()
+            });
+            self.sessions.record(index.0, tag, Some(stored));
         }
         Outcome::Applied(response)
     }
@@ -184,6 +187,15 @@ enum Outcome<R> {
     Registered(u64),
 }
 
+/// A retried command's answer from its stored response. An empty one could not be encoded
+/// when the command applied: the retry learns only that the command may have taken effect
+/// (it did), so it gets an indeterminate error, never a certain one.
 fn decode_response<M: StateMachine>(bytes: &[u8]) -> crate::error::Result<M::Response> {
-    rmp_serde::from_slice(bytes).map_err(|e| Error::Codec(format!("a remembered response: {e}")))
+    if bytes.is_empty() {
+        return Err(Error::LeadershipLost);
+    }
+    rmp_serde::from_slice(bytes).map_err(|e| {
+        log::error!("cannot decode a remembered response: {e}");
+        Error::LeadershipLost
+    })
 }

@@ -25,7 +25,9 @@ mod snapshot;
 
 pub use reply::{Channel, Respond};
 pub use request::{ReadFn, Request};
-pub use session::{SessionLimits, SessionTag, command_body, command_tag, encode_command, encode_register, tag_encoded};
+pub use session::{
+    SessionLimits, SessionTag, check_command, command_body, command_tag, encode_command, encode_register, tag_encoded,
+};
 pub use snapshot::Compaction;
 
 use std::collections::VecDeque;
@@ -60,7 +62,8 @@ pub struct ReplicaConfig {
     pub apply_time_max: Option<Duration>,
     /// When to snapshot and compact the log (for machines with snapshots).
     pub compaction: Compaction,
-    /// How many client sessions to remember, and for how long (the same on every server).
+    /// How many client sessions to remember, and for how long: proposed with every session
+    /// registration, and in force on every server from then on.
     pub sessions: SessionLimits,
 }
 
@@ -171,7 +174,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
                     Ok((session::Header::Plain, _)) => None,
                     Ok((session::Header::Tagged(tag), _)) => Some(tag),
                     // A registration goes through `RegisterSession`, which waits for an id.
-                    Ok((session::Header::Register, _)) => {
+                    Ok((session::Header::Register { .. }, _)) => {
                         return reply.send(Err(Error::Codec("a write cannot carry a session registration".into())));
                     }
                     Err(why) => return reply.send(Err(Error::Codec(why))),
@@ -187,9 +190,9 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
                     Err(e) => reply.send(Err(self.refusal(e))),
                 }
             }
-            Request::RegisterSession { timeout, reply } => {
+            Request::RegisterSession { secret, timeout, reply } => {
                 let deadline = self.deadline_after(timeout);
-                match self.core.propose(session::encode_register()) {
+                match self.core.propose(session::encode_register(secret, &self.cfg.sessions)) {
                     Ok(index) => {
                         let term = self.core.current_term();
                         let proposed = Proposed { tag: None, deadline, reply: reply.proposed() };

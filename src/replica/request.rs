@@ -26,6 +26,8 @@ pub enum Request<M: StateMachine, C: Channel> {
     },
     /// Register a client session (§6.3) through the log.
     RegisterSession {
+        /// The session's secret: its commands must carry it (see [`super::SessionTag`]).
+        secret: u64,
         /// How long to wait for the registration to be applied.
         timeout: Duration,
         /// Gets the new session's id.

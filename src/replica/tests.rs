@@ -445,3 +445,55 @@ fn a_snapshot_records_the_configuration_at_its_index() {
     assert_eq!(meta.index, LogIndex(2));
     assert!(meta.membership.learners.is_empty(), "the learner was added after the snapshot's index");
 }
+
+/// A response that cannot be encoded for the session table fails alike on every server:
+/// the table records the failure instead of stopping every server at that index, the
+/// writer gets its response, and a retry learns only that the command may have applied.
+#[test]
+fn a_response_that_cannot_be_encoded_stops_no_server() {
+    struct Unencodable;
+    impl serde::Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("never"))
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for Unencodable {
+        fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            Err(serde::de::Error::custom("never"))
+        }
+    }
+    #[derive(Default)]
+    struct Machine(u64);
+    impl StateMachine for Machine {
+        type Command = ();
+        type Response = Unencodable;
+        fn apply(&mut self, _: ()) -> Unencodable {
+            self.0 += 1;
+            Unencodable
+        }
+    }
+    use crate::runtime::request::reply_slot;
+    let cfg =
+        replica_cfg(CoreConfig::new(1), Membership::with_voters([(1, "n1".to_string())]), 100, Default::default());
+    let mut r: Replica<Machine, crate::storage::MemoryStorage, Local> =
+        Replica::new(cfg, crate::storage::MemoryStorage::default(), Machine::default()).unwrap();
+    r.on_request(Request::TriggerElection { reply: reply_slot().0 });
+    r.advance();
+    let (reply, registered) = reply_slot();
+    r.on_request(Request::RegisterSession { secret: 9, timeout: Duration::from_secs(1), reply });
+    r.advance();
+    let session = registered.wait(Duration::ZERO).expect("registered");
+    let tag = SessionTag { session, secret: 9, seq: 1, acked: 1 };
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let (reply, answer) = reply_slot();
+        let command = encode_command(Some(tag), &()).unwrap();
+        r.on_request(Request::Write { command, timeout: Duration::from_secs(1), reply });
+        r.advance();
+        answers.push(answer.wait(Duration::ZERO));
+    }
+    assert!(r.poisoned().is_none(), "{:?}", r.poisoned());
+    assert!(answers[0].is_ok(), "the writer gets its response");
+    assert!(matches!(answers[1], Err(crate::Error::LeadershipLost)), "the retry: may have applied (it did)");
+    assert_eq!(r.machine().0, 1, "applied once");
+}

@@ -214,7 +214,7 @@ pub struct Sim {
     next_read: u64,
     /// Simulated remote clients' sessions, and the answers to their registrations.
     sessions: Vec<SimSession>,
-    registered: Arc<Mutex<Vec<u64>>>,
+    registered: Arc<Mutex<Vec<(u64, u64)>>>,
     next_attempt: u64,
     pub trace: Trace,
     /// The highest term and the messages refused at the cores' door, as of the final stop.
@@ -225,6 +225,7 @@ pub struct Sim {
 /// A simulated remote client's session: its commands not yet answered `Ok`, by sequence.
 struct SimSession {
     id: u64,
+    secret: u64,
     next_seq: u64,
     waiting: BTreeMap<u64, u64>,
     /// Sequences answered `Ok` since the client last looked.
@@ -232,8 +233,8 @@ struct SimSession {
 }
 
 impl SimSession {
-    fn new(id: u64) -> SimSession {
-        SimSession { id, next_seq: 1, waiting: BTreeMap::new(), acked: Arc::default() }
+    fn new((id, secret): (u64, u64)) -> SimSession {
+        SimSession { id, secret, next_seq: 1, waiting: BTreeMap::new(), acked: Arc::default() }
     }
 }
 
@@ -504,16 +505,18 @@ impl Sim {
         self.next_attempt += 1;
         self.checker.registrations_outstanding.insert(reg);
         let (outcomes, registered) = (self.outcomes.clone(), self.registered.clone());
+        // Any value the client keeps to itself; the same seed gives the same secrets.
+        let secret = reg.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let reply = SimReply::new(move |result: quorate::Result<u64>| {
             if let Ok(session) = &result {
-                registered.lock().unwrap().push(*session);
+                registered.lock().unwrap().push((*session, secret));
             }
             let result = result.map_err(|e| e.to_string());
             outcomes.lock().unwrap().push(Outcome::Registered { id: reg, result });
         });
         self.trace.push(self.now, Event::Admin(id, format!("register session ({reg})")));
         let timeout = Duration::from_secs(5);
-        self.with(id, |r| r.on_request(Request::RegisterSession { timeout, reply }));
+        self.with(id, |r| r.on_request(Request::RegisterSession { secret, timeout, reply }));
     }
 
     /// A session client sends a command at server `id`: with probability `retry`, another
@@ -541,7 +544,7 @@ impl Sim {
         };
         let s = &self.sessions[k];
         let acked = s.waiting.keys().next().copied().unwrap_or(seq);
-        let tag = quorate::replica::SessionTag { session: s.id, seq, acked };
+        let tag = quorate::replica::SessionTag { session: s.id, secret: s.secret, seq, acked };
         let command = quorate::replica::encode_command(Some(tag), &cmd).expect("a u64 encodes");
         let attempt = self.next_attempt;
         self.next_attempt += 1;
