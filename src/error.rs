@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use crate::core::NodeId;
 
 /// A cluster member: its id and the address it listens on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Peer {
     /// The member's node id.
     pub id: NodeId,
@@ -99,6 +99,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::Redirect { leader: Some(Peer { id, addr: Some(addr) }) } => {
+                write!(f, "not the leader; the leader is node {id} at {addr}")
+            }
             Error::Redirect { leader: Some(p) } => write!(f, "not the leader; the leader is node {}", p.id),
             Error::Redirect { leader: None } => write!(f, "not the leader; no leader known"),
             Error::Timeout => write!(f, "timed out (the command may have been applied)"),

@@ -50,6 +50,7 @@ mod config;
 pub mod core;
 mod error;
 mod node;
+mod remote;
 pub mod replica;
 mod runtime;
 mod session;
@@ -63,7 +64,10 @@ pub use config::Config;
 pub use core::{NodeId, Role};
 pub use error::{Error, Peer, Result};
 pub use node::Node;
-pub use state_machine::{Snapshot, StateMachine};
+pub use remote::{RemoteClient, RemoteOptions, RemotePending};
+#[doc(hidden)]
+pub use state_machine::answer_query;
+pub use state_machine::{Queries, Snapshot, StateMachine};
 pub use status::{Member, Status};
 
 #[cfg(test)]

@@ -64,6 +64,72 @@ pub trait StateMachine: Send + 'static {
         let _ = from;
         Err(io::Error::new(io::ErrorKind::Unsupported, "this state machine does not support snapshots"))
     }
+
+    /// Answers a remote client's query, MessagePack in and out. Not written by hand:
+    /// implement [`Queries`] and put [`remote_queries!`](crate::remote_queries) in the
+    /// `impl StateMachine` block. By default a machine answers no remote query (in-process
+    /// clients read with closures, which need none of this).
+    #[doc(hidden)]
+    fn query_encoded(&self, query: &[u8]) -> Result<Vec<u8>, String> {
+        let _ = query;
+        Err("this state machine answers no remote queries (it implements no `quorate::Queries`)".into())
+    }
+}
+
+/// Read-only questions a [`crate::RemoteClient`] can ask the state machine. A closure (what
+/// [`crate::Client::read`] takes) cannot cross the network, so a remote read names its
+/// question as data instead. Implement it, then put `quorate::remote_queries!();` in the
+/// `impl StateMachine` block so the node answers them:
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Default)]
+/// struct Counter { value: u64 }
+///
+/// #[derive(Serialize, Deserialize)]
+/// enum Question { Value, IsAbove(u64) }
+///
+/// impl quorate::StateMachine for Counter {
+///     type Command = u64;
+///     type Response = u64;
+///     fn apply(&mut self, n: u64) -> u64 { self.value += n; self.value }
+///     quorate::remote_queries!();
+/// }
+///
+/// impl quorate::Queries for Counter {
+///     type Query = Question;
+///     type QueryResponse = u64;
+///     fn query(&self, q: Question) -> u64 {
+///         match q { Question::Value => self.value, Question::IsAbove(n) => u64::from(self.value > n) }
+///     }
+/// }
+/// ```
+pub trait Queries: StateMachine {
+    /// A question; it travels as MessagePack.
+    type Query: Serialize + DeserializeOwned + Send + 'static;
+    /// Its answer.
+    type QueryResponse: Serialize + DeserializeOwned + Send + 'static;
+    /// Answers `query` from the current state (which it must not change: it has `&self`).
+    fn query(&self, query: Self::Query) -> Self::QueryResponse;
+}
+
+/// What [`remote_queries!`](crate::remote_queries) expands to call.
+#[doc(hidden)]
+pub fn answer_query<M: Queries>(machine: &M, query: &[u8]) -> Result<Vec<u8>, String> {
+    let query: M::Query = rmp_serde::from_slice(query).map_err(|e| format!("the query does not decode: {e}"))?;
+    rmp_serde::to_vec(&machine.query(query)).map_err(|e| format!("the query's answer does not encode: {e}"))
+}
+
+/// Lets a node answer [`crate::RemoteClient`] queries with the machine's [`Queries`]
+/// implementation: put `quorate::remote_queries!();` in the `impl StateMachine` block.
+#[macro_export]
+macro_rules! remote_queries {
+    () => {
+        fn query_encoded(&self, query: &[u8]) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+            $crate::answer_query(self, query)
+        }
+    };
 }
 
 type WriteFn = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;

@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 
+use serde::{Deserialize, Serialize};
+
 use crate::core::{NodeId, Role};
 
 /// What one node knows, as returned by [`crate::Client::status`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// This node's id.
     pub id: NodeId,
@@ -38,7 +40,7 @@ pub struct Status {
 }
 
 /// One member of the configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// Its id.
     pub id: NodeId,

@@ -35,7 +35,7 @@ enum FakeWire {
 }
 
 fn handshake(protocol_version: u32, cluster_id: &str, node_id: u64) -> Handshake {
-    Handshake { protocol_version, cluster_id: cluster_id.into(), node_id, nonce: [7; 32] }
+    Handshake { protocol_version, cluster_id: cluster_id.into(), node_id, client: false, nonce: [7; 32] }
 }
 
 fn frame<T: Serialize>(msg: &T) -> Vec<u8> {

@@ -36,6 +36,7 @@ pub use message::{
 pub use progress::{Progress, ReplicationState, SnapshotSend};
 pub use rng::SplitMix64;
 pub use snapshot::{InstallSnapshotOrder, SnapshotChunk, SnapshotInfo, SnapshotWork};
+pub(crate) use types::as_bytes;
 pub use types::{Entry, HardState, LogIndex, NodeId, Payload, Role, Term};
 
 use std::collections::{BTreeMap, VecDeque};

@@ -124,7 +124,7 @@ impl fmt::Display for Role {
 
 /// Encodes byte vectors as one binary blob rather than a sequence of integers (which
 /// MessagePack would spend up to two bytes per byte on).
-pub(super) mod as_bytes {
+pub(crate) mod as_bytes {
     use serde::Serializer;
     use serde::de::{Deserializer, SeqAccess, Visitor};
     use std::fmt;

@@ -19,6 +19,7 @@ use crate::status::Status;
 use crate::storage::{FileOptions, FileStorage, MemoryStorage, NodeStorage};
 use crate::transport::ConnectionConfig;
 
+use super::clients::Clients;
 use super::limits::{AcceptRetry, Deadlines};
 use super::peers::{Identity, Peers};
 use super::request::{Local, LocalRequest};
@@ -74,6 +75,10 @@ pub(crate) struct NodeLoop<M: StateMachine> {
     poll: Poll,
     listener: TcpListener,
     peers: Peers,
+    /// Remote clients' connections (handed over by `peers` after their handshake).
+    clients: Clients,
+    /// Requests read from remote clients this turn.
+    remote_requests: Vec<LocalRequest<M>>,
     requests: Receiver<LocalRequest<M>>,
     shared: Arc<Shared>,
     tick: Duration,
@@ -112,6 +117,8 @@ impl<M: StateMachine> NodeLoop<M> {
             poll,
             listener,
             peers,
+            clients: Clients::new(config.id),
+            remote_requests: Vec::new(),
             requests,
             shared,
             tick: config.tick,
@@ -146,6 +153,10 @@ impl<M: StateMachine> NodeLoop<M> {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
+                    token if self.clients.contains(token) => {
+                        let requests = &mut self.remote_requests;
+                        self.clients.on_ready(self.poll.registry(), token, event.is_writable(), now, requests)
+                    }
                     token => {
                         self.peers.on_ready(self.poll.registry(), token, event.is_writable(), &mut self.inbox, now)
                     }
@@ -173,11 +184,16 @@ impl<M: StateMachine> NodeLoop<M> {
     /// One turn: timers, peer input, client requests, then the replica's output, batched.
     fn turn(&mut self, now: Instant) {
         self.peers.read_leftovers(self.poll.registry(), &mut self.inbox, now);
+        self.adopt_clients(now);
+        self.clients.read_leftovers(self.poll.registry(), now, &mut self.remote_requests);
         self.on_timers(now);
         for (from, msg) in std::mem::take(&mut self.inbox) {
             self.replica.step(from, msg);
         }
         let more_requests = self.drain_requests();
+        for request in std::mem::take(&mut self.remote_requests) {
+            self.on_request(request);
+        }
         let mut more_to_apply = self.replica.advance();
         self.send_output(now);
         // Durable mode: the turn's writes are synced only now, after the leader's
@@ -191,7 +207,15 @@ impl<M: StateMachine> NodeLoop<M> {
             self.send_output(now);
         }
         let unsynced = self.replica.storage().has_unsynced_writes();
-        self.busy = more_requests || more_to_apply || unsynced || self.peers.has_leftovers();
+        let leftovers = self.peers.has_leftovers() || self.clients.has_leftovers();
+        self.busy = more_requests || more_to_apply || unsynced || leftovers;
+    }
+
+    /// Takes over the connections that turned out to be remote clients.
+    fn adopt_clients(&mut self, now: Instant) {
+        for (token, conn) in self.peers.take_clients() {
+            self.clients.adopt(self.poll.registry(), token, conn, now, &mut self.remote_requests);
+        }
     }
 
     /// Hands the replica's outbox to the peers and writes every socket once.
@@ -203,6 +227,7 @@ impl<M: StateMachine> NodeLoop<M> {
             self.peers.set_member_addrs(member_addrs(self.replica.core()));
         }
         self.peers.flush_all(self.poll.registry(), now);
+        self.clients.flush_all(self.poll.registry());
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -270,6 +295,7 @@ impl<M: StateMachine> NodeLoop<M> {
         }
         self.replica.shutdown();
         self.peers.close_all(self.poll.registry());
+        self.clients.close_all(self.poll.registry());
     }
 }
 

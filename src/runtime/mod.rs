@@ -3,6 +3,7 @@
 //! events into replica inputs and the replica's output into socket writes. It decides
 //! nothing about Raft or about what a client is told.
 
+mod clients;
 mod event_loop;
 mod limits;
 mod peers;

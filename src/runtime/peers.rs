@@ -88,6 +88,8 @@ pub(crate) struct Peers {
     deadlines: Deadlines,
     /// Inbound connections displaced by newer ones, closed at the next flush.
     pending_close: Vec<Token>,
+    /// Inbound connections whose handshake said "client", to hand over.
+    clients_found: Vec<Token>,
 }
 
 impl Peers {
@@ -114,6 +116,7 @@ impl Peers {
             refused: None,
             deadlines,
             pending_close: Vec::new(),
+            clients_found: Vec::new(),
         }
     }
 
@@ -314,6 +317,14 @@ impl Peers {
         }
     }
 
+    /// Hands over the connections that introduced themselves as clients (still registered
+    /// with the poll under their tokens; their unflushed proof and any frames that came
+    /// with the handshake are the new owner's to flush and read).
+    pub fn take_clients(&mut self) -> Vec<(Token, Connection)> {
+        let found = std::mem::take(&mut self.clients_found);
+        found.into_iter().filter_map(|token| self.conns.remove(&token).map(|c| (token, c.conn))).collect()
+    }
+
     /// Whether some connection has unread input waiting.
     pub fn has_leftovers(&self) -> bool {
         !self.unread.is_empty()
@@ -330,6 +341,17 @@ impl Peers {
         let Some(peer) = handshake.map_err(|e| e.to_string())? else {
             return Ok(());
         };
+        if peer.client {
+            // A remote client: its connection carries client requests, which the client
+            // side of the runtime reads (see `take_clients`); never Raft messages.
+            return match c.side {
+                Side::Inbound { peer: None, .. } => {
+                    self.clients_found.push(token);
+                    Ok(())
+                }
+                _ => Err("a client answered where a node was expected".into()),
+            };
+        }
         match c.side {
             Side::Outbound(expected) if peer.node_id != expected => {
                 return Err(format!("expected node {expected} there but found node {}", peer.node_id));

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mio::Token;
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
+use crate::remote::wire::{Bytes, ClientResponse, WireError};
 use crate::replica::{Channel, Respond};
 
 /// Longest wait any deadline is set for: `Duration::MAX` and the like mean "a very long
@@ -35,7 +37,7 @@ impl<T> Slot<T> {
 /// A fresh answer slot: the node thread's end and the client's end.
 pub(crate) fn reply_slot<T>() -> (Reply<T>, Answer<T>) {
     let slot = Arc::new(Slot { value: Mutex::new(None), filled: Condvar::new() });
-    (Reply { slot: Some(slot.clone()), proposed: false }, Answer { slot })
+    (Reply { way: Some(Way::Slot(slot.clone())), proposed: false }, Answer { slot })
 }
 
 /// The client's end of an answer slot.
@@ -59,13 +61,64 @@ impl<T> Answer<T> {
     }
 }
 
-/// The node thread's end of an answer slot. If dropped unanswered (the node stopped with
-/// the request still queued, say), it answers by itself: `Stopped` if nothing was
-/// proposed, `LeadershipLost` once the request was proposed — so a client never gets a
-/// wrong answer, and never waits on an answer that cannot come.
+/// Answers bound for remote clients' connections, in the order given; the node loop
+/// writes them out once per turn.
+pub(crate) type Outbox = Arc<Mutex<Vec<(Token, ClientResponse)>>>;
+
+/// The way back to a remote client: its connection, its request id, and how to encode `T`.
+pub(crate) struct Remote<T> {
+    pub conn: Token,
+    pub id: u64,
+    pub outbox: Outbox,
+    pub encode: fn(T) -> std::result::Result<Vec<u8>, String>,
+}
+
+impl<T> Remote<T> {
+    fn send(self, result: Result<T>) {
+        let result = match result.map(self.encode) {
+            Ok(Ok(bytes)) => Ok(Bytes(bytes)),
+            Ok(Err(why)) => Err(WireError::Codec(why)),
+            Err(e) => Err(WireError::from(e)),
+        };
+        self.outbox.lock().push((self.conn, ClientResponse { id: self.id, result }));
+    }
+}
+
+/// Encodes an answer for a remote client with MessagePack.
+pub(crate) fn encode_msgpack<T: serde::Serialize>(value: T) -> std::result::Result<Vec<u8>, String> {
+    rmp_serde::to_vec(&value).map_err(|e| e.to_string())
+}
+
+enum Way<T> {
+    /// An in-process client waits on it.
+    Slot(Arc<Slot<T>>),
+    /// A remote client's connection.
+    Remote(Remote<T>),
+}
+
+/// The node thread's end of an answer: a slot an in-process client waits on, or a remote
+/// client's connection. If dropped unanswered (the node stopped with the request still
+/// queued, say), it answers by itself: `Stopped` if nothing was proposed, `LeadershipLost`
+/// once the request was proposed — so a client never gets a wrong answer, and never waits
+/// on an answer that cannot come.
 pub(crate) struct Reply<T> {
-    slot: Option<Arc<Slot<T>>>,
+    way: Option<Way<T>>,
     proposed: bool,
+}
+
+impl<T> Reply<T> {
+    /// An answer that goes back over a remote client's connection.
+    pub fn remote(remote: Remote<T>) -> Reply<T> {
+        Reply { way: Some(Way::Remote(remote)), proposed: false }
+    }
+
+    fn answer(&mut self, result: Result<T>) {
+        match self.way.take() {
+            Some(Way::Slot(slot)) => slot.fill(result),
+            Some(Way::Remote(remote)) => remote.send(result),
+            None => {}
+        }
+    }
 }
 
 impl<T: Send + 'static> Respond<T> for Reply<T> {
@@ -75,9 +128,7 @@ impl<T: Send + 'static> Respond<T> for Reply<T> {
     }
 
     fn send(mut self, result: Result<T>) {
-        if let Some(slot) = self.slot.take() {
-            slot.fill(result);
-        }
+        self.answer(result);
     }
 }
 
@@ -93,8 +144,7 @@ pub(crate) type LocalRequest<M> = crate::replica::Request<M, Local>;
 
 impl<T> Drop for Reply<T> {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            slot.fill(Err(if self.proposed { Error::LeadershipLost } else { Error::Stopped }));
-        }
+        let gone = if self.proposed { Error::LeadershipLost } else { Error::Stopped };
+        self.answer(Err(gone));
     }
 }

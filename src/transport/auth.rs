@@ -33,7 +33,7 @@ pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
 const KEY_CONTEXT: &str = "quorate 2026-12 cluster secret -> peer handshake key";
 
 /// Starts every transcript, so a proof is never valid for another protocol.
-const TRANSCRIPT_LABEL: &[u8] = b"quorate peer handshake proof v2";
+const TRANSCRIPT_LABEL: &[u8] = b"quorate peer handshake proof v3";
 
 /// A handshake nonce.
 pub type Nonce = [u8; NONCE_BYTES];
@@ -103,6 +103,8 @@ pub struct Transcript<'a> {
     pub dialer: (u64, &'a Nonce),
     /// The acceptor's node id and nonce.
     pub acceptor: (u64, &'a Nonce),
+    /// Whether the dialer is a client (see [`Handshake::client`](super::Handshake)).
+    pub client: bool,
 }
 
 /// The proof that side `role` of the connection described by `t` holds `key`.
@@ -113,6 +115,7 @@ pub fn prove(key: &ClusterKey, role: Role, t: &Transcript<'_>) -> Proof {
         Role::Dialer => b'D',
         Role::Acceptor => b'A',
     }]);
+    h.update(&[if t.client { b'C' } else { b'P' }]);
     // Length-prefixed, so no two different transcripts hash the same bytes.
     h.update(&(t.cluster_id.len() as u64).to_be_bytes());
     h.update(t.cluster_id.as_bytes());
@@ -142,7 +145,7 @@ mod tests {
     use super::*;
 
     fn transcript<'a>(dn: &'a Nonce, an: &'a Nonce) -> Transcript<'a> {
-        Transcript { cluster_id: "c", dialer: (1, dn), acceptor: (2, an) }
+        Transcript { cluster_id: "c", dialer: (1, dn), acceptor: (2, an), client: false }
     }
 
     #[test]
@@ -158,6 +161,8 @@ mod tests {
         assert!(verify(&key, Role::Dialer, &transcript(&dn, &an2), &p).is_err(), "replayed");
         let swapped = Transcript { dialer: (2, &dn), acceptor: (1, &an), ..t };
         assert!(verify(&key, Role::Dialer, &swapped, &p).is_err(), "other ids");
+        let as_client = Transcript { client: true, ..t };
+        assert!(verify(&key, Role::Dialer, &as_client, &p).is_err(), "a peer's proof passed for a client's");
     }
 
     #[test]

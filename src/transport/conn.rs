@@ -328,7 +328,8 @@ impl Connection {
 }
 
 /// The transcript both proofs of a connection cover.
-fn transcript<'a>(ours: &'a Handshake, theirs: &'a Handshake, role: Role) -> Transcript<'a> {
+/// What the proofs of a connection cover, seen from the side playing `role`.
+pub fn transcript<'a>(ours: &'a Handshake, theirs: &'a Handshake, role: Role) -> Transcript<'a> {
     let (dialer, acceptor) = match role {
         Role::Dialer => (ours, theirs),
         Role::Acceptor => (theirs, ours),
@@ -337,6 +338,7 @@ fn transcript<'a>(ours: &'a Handshake, theirs: &'a Handshake, role: Role) -> Tra
         cluster_id: &ours.cluster_id,
         dialer: (dialer.node_id, &dialer.nonce),
         acceptor: (acceptor.node_id, &acceptor.nonce),
+        client: dialer.client,
     }
 }
 

@@ -6,8 +6,9 @@ use super::auth::{Nonce, fresh_nonce};
 use super::error::TransportError;
 
 /// The wire protocol version this build speaks; peers must match exactly. Version 2 added
-/// the nonce and the [`Proof`](super::Proof) frame (peer authentication).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// the nonce and the [`Proof`](super::Proof) frame (peer authentication); version 3 the
+/// `client` role.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest handshake frame body accepted. A handshake is a few dozen bytes, so a tight
 /// bound stops an unauthenticated peer from making us buffer much before we know it.
@@ -20,8 +21,12 @@ pub struct Handshake {
     pub protocol_version: u32,
     /// The cluster the sender belongs to.
     pub cluster_id: String,
-    /// The sender's node id; never 0.
+    /// The sender's node id (a client's: any id it picked); never 0.
     pub node_id: u64,
+    /// Whether the sender is a client (a remote client's connection, which carries client
+    /// requests only) rather than a peer node (which carries Raft messages). Covered by
+    /// the proof, so neither can pass for the other.
+    pub client: bool,
     /// Fresh for every connection: the other side's proof must cover it (see `auth`).
     pub nonce: Nonce,
 }
@@ -33,8 +38,14 @@ impl Handshake {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: cluster_id.into(),
             node_id,
+            client: false,
             nonce: fresh_nonce()?,
         })
+    }
+
+    /// This build's handshake for a client calling itself `client_id` (not 0).
+    pub fn client(cluster_id: &str, client_id: u64) -> Result<Handshake, TransportError> {
+        Ok(Handshake { client: true, ..Handshake::new(cluster_id, client_id)? })
     }
 }
 
@@ -64,7 +75,7 @@ mod tests {
     use super::*;
 
     fn hs(version: u32, cluster: &str, node_id: u64) -> Handshake {
-        Handshake { protocol_version: version, cluster_id: cluster.into(), node_id, nonce: [0; 32] }
+        Handshake { protocol_version: version, cluster_id: cluster.into(), node_id, client: false, nonce: [0; 32] }
     }
 
     #[test]

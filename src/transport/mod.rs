@@ -26,7 +26,7 @@ pub use auth::{
     CLUSTER_SECRET_BYTES_MIN, ClusterKey, NONCE_BYTES, Nonce, Proof, Role, Transcript, fresh_nonce, prove, verify,
 };
 pub use backoff::{Backoff, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX};
-pub use conn::{Connection, ConnectionConfig, DEFAULT_MAX_OUTBOUND_BYTES, READ_BUDGET_BYTES, ReadOutcome};
+pub use conn::{Connection, ConnectionConfig, DEFAULT_MAX_OUTBOUND_BYTES, READ_BUDGET_BYTES, ReadOutcome, transcript};
 pub use error::TransportError;
 pub use frame::{DEFAULT_MAX_FRAME_BYTES, FrameDecoder, LEN_PREFIX_BYTES, encode_frame};
 pub use handshake::{Handshake, MAX_HANDSHAKE_BYTES, PROTOCOL_VERSION, check_handshake};

@@ -57,12 +57,21 @@ impl Attacker {
     /// Connects and completes the handshake as node `id`, proving `key` (the public one
     /// of a cluster without a secret, or a wrong one). `Err` if the node closed on us.
     pub fn handshake(addr: SocketAddr, id: u64, key: &ClusterKey) -> Result<Attacker, String> {
+        Attacker::handshake_as(addr, id, key, false)
+    }
+
+    /// [`Attacker::handshake`] as a peer node, or (`client`) as a remote client.
+    pub fn handshake_as(addr: SocketAddr, id: u64, key: &ClusterKey, client: bool) -> Result<Attacker, String> {
         let mut a = Attacker::connect(addr);
-        let ours = Handshake::new(CLUSTER_ID, id).unwrap();
+        let ours = Handshake { client, ..Handshake::new(CLUSTER_ID, id).unwrap() };
         a.send_frame(&ours).map_err(|e| e.to_string())?;
         let theirs: Handshake = a.read_frame()?;
-        let t =
-            Transcript { cluster_id: CLUSTER_ID, dialer: (id, &ours.nonce), acceptor: (theirs.node_id, &theirs.nonce) };
+        let t = Transcript {
+            cluster_id: CLUSTER_ID,
+            dialer: (id, &ours.nonce),
+            acceptor: (theirs.node_id, &theirs.nonce),
+            client,
+        };
         a.send_frame(&prove(key, Role::Dialer, &t)).map_err(|e| e.to_string())?;
         let _their_proof: Proof = a.read_frame()?;
         a.node = Some(theirs);

@@ -45,6 +45,24 @@ impl StateMachine for Recorder {
         self.applied.len()
     }
     quorate::serde_snapshots!();
+    quorate::remote_queries!();
+}
+
+/// What a remote client may ask a [`Recorder`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Question {
+    /// Every value applied, in order.
+    Applied,
+}
+
+impl quorate::Queries for Recorder {
+    type Query = Question;
+    type QueryResponse = Vec<u64>;
+    fn query(&self, q: Question) -> Vec<u64> {
+        match q {
+            Question::Applied => self.applied.clone(),
+        }
+    }
 }
 
 /// Waits until `cond` holds, checking every few milliseconds, or panics after `PATIENCE`.

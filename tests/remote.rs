@@ -1,0 +1,138 @@
+//! The remote client against real clusters over TCP: it finds the leader from any node,
+//! follows it through a failover without applying anything twice, refuses the wrong
+//! cluster, skips a node that is down; and the two kinds of connection cannot pass for
+//! each other.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use quorate::transport::ClusterKey;
+use quorate::{Error, RemoteClient, RemoteOptions, Role};
+use support::attacker::Attacker;
+use support::cluster::{Cluster, Cmd, PATIENCE, Question, Recorder, wait_until};
+
+fn remote(addrs: &[SocketAddr]) -> RemoteClient<Recorder> {
+    RemoteOptions::new(addrs.iter().copied()).timeout(PATIENCE).connect().expect("connect")
+}
+
+#[test]
+fn a_client_given_only_a_follower_reaches_the_leader() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.stable_leader();
+    let follower = *cluster.nodes.keys().find(|&&id| id != leader).unwrap();
+    let client = remote(&[cluster.addrs[&follower]]);
+    for v in 1..=20u64 {
+        assert_eq!(client.write(Cmd::Put(v)).expect("write"), v as usize);
+    }
+    assert_eq!(client.connected_node(), Some(leader), "it followed the redirect");
+    assert_eq!(client.read(Question::Applied).unwrap(), (1..=20).collect::<Vec<_>>());
+    let pending: Vec<_> = (21..=120).map(|v| client.submit(Cmd::Put(v)).expect("submit")).collect();
+    let answers: Vec<usize> = pending.into_iter().map(|p| p.wait().expect("pipelined write")).collect();
+    assert_eq!(answers, (21..=120).collect::<Vec<_>>(), "pipelined writes apply in order");
+    let status = client.status().unwrap();
+    assert_eq!((status.id, status.role), (leader, Role::Leader));
+    assert_eq!(client.await_leader(PATIENCE).unwrap(), leader);
+    cluster.await_applied_everywhere(&(1..=120).collect::<Vec<_>>());
+}
+
+/// The leader stops under a stream of writes: every write the client was told succeeded is
+/// applied exactly once (the session makes the retries of uncertain ones safe), in order.
+#[test]
+fn the_client_follows_a_new_leader_and_applies_nothing_twice() {
+    let mut cluster = Cluster::start(3);
+    let old = cluster.stable_leader();
+    let addrs: Vec<SocketAddr> = cluster.addrs.values().copied().collect();
+    let client = remote(&addrs);
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, done) = (client.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut v = 0;
+            while !done.load(Ordering::Acquire) {
+                v += 1;
+                match client.write(Cmd::Put(v)) {
+                    Ok(_) => acked.push(v),
+                    Err(e) => panic!("write {v} failed: {e}"),
+                }
+            }
+            acked
+        })
+    };
+    wait_until("some writes went through the old leader", || {
+        client.read(Question::Applied).map(|a| a.len() >= 50).unwrap_or(false)
+    });
+    cluster.stop(old);
+    let survivors: Vec<_> = cluster.nodes.keys().copied().collect();
+    let new = cluster.leader_among(&survivors);
+    let before = client.read(Question::Applied).unwrap().len();
+    wait_until("writes go through the new leader", || {
+        client.read(Question::Applied).map(|a| a.len() >= before + 50).unwrap_or(false)
+    });
+    done.store(true, Ordering::Release);
+    let acked = writer.join().expect("the writer saw no error");
+    let applied = cluster.client(new).read(|m: &Recorder| m.applied.clone()).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    assert!(applied.iter().all(|v| seen.insert(*v)), "a write applied twice: {applied:?}");
+    assert_eq!(applied, acked, "every acknowledged write, once, in order, and nothing else");
+}
+
+#[test]
+fn another_cluster_id_or_secret_is_a_configuration_error() {
+    let cluster = Cluster::start_with(1, |c| c.cluster_secret("a secret of sixteen bytes+"));
+    let addr = [cluster.addrs[&1]];
+    let fast = |o: RemoteOptions| o.timeout(Duration::from_secs(2));
+    let other_cluster = fast(RemoteOptions::new(addr).cluster_id("other").cluster_secret("a secret of sixteen bytes+"));
+    match other_cluster.connect::<Recorder>() {
+        Err(Error::Config(why)) => assert!(why.contains("cluster"), "{why}"),
+        other => panic!("expected a configuration error, got {:?}", other.err()),
+    }
+    match fast(RemoteOptions::new(addr).cluster_secret("another secret, also long")).connect::<Recorder>() {
+        Err(Error::Config(why)) => assert!(why.contains("secret"), "{why}"),
+        other => panic!("expected a configuration error, got {:?}", other.err()),
+    }
+    let right = fast(RemoteOptions::new(addr).cluster_secret("a secret of sixteen bytes+"));
+    assert!(right.connect::<Recorder>().is_ok());
+}
+
+#[test]
+fn a_node_that_is_down_is_skipped() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let cluster = Cluster::start(1);
+    cluster.stable_leader();
+    let client = remote(&[dead, cluster.addrs[&1]]);
+    assert_eq!(client.write(Cmd::Put(7)).unwrap(), 1);
+    match RemoteOptions::new([dead]).timeout(Duration::from_millis(300)).connect::<Recorder>() {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
+        other => panic!("expected connection refused, got {:?}", other.err()),
+    }
+}
+
+/// A client cannot speak Raft, and a peer cannot make client requests: each kind of
+/// connection decodes only its own frames, and closes on anything else.
+#[test]
+fn client_and_peer_connections_refuse_each_others_frames() {
+    let cluster = Cluster::start(1);
+    cluster.stable_leader();
+    let addr = cluster.addrs[&1];
+    let key = ClusterKey::unauthenticated();
+
+    let mut client = Attacker::handshake_as(addr, 77, &key, true).expect("client handshake");
+    client.send_frame(&(5u64, "Status")).unwrap(); // a ClientRequest { id: 5, call: Status }
+    let answer: (u64, serde::de::IgnoredAny) = client.read_frame().expect("a status answer");
+    assert_eq!(answer.0, 5);
+    let term_before = cluster.client(1).status().unwrap().term;
+    let _ = client.raft(term_before + 100, quorate::core::MessageKind::TimeoutNow);
+    assert!(client.closed_within(PATIENCE), "a Raft message on a client connection closes it");
+
+    let mut peer = Attacker::introduced(addr, 2, 1);
+    let _ = peer.send_frame(&(5u64, "Status"));
+    assert!(peer.closed_within(PATIENCE), "a client request on a peer connection closes it");
+
+    let status = cluster.client(1).status().unwrap();
+    assert_eq!((status.role, status.term), (Role::Leader, term_before), "neither frame reached Raft");
+}
