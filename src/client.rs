@@ -11,7 +11,8 @@ use std::sync::atomic::{Ordering, fence};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::core::NodeId;
-use crate::error::{Error, Result};
+use crate::error::{Error, Peer, Result};
+use crate::remote::{Forwarder, RemoteOptions, decode_answer};
 use crate::replica::{ReadFn, Request, check_command, command_body, encode_command, tag_encoded};
 use crate::runtime::request::{Answer, LocalRequest, Reply, deadline_after, reply_slot};
 use crate::session::{ClientSession, fresh_secret};
@@ -35,6 +36,10 @@ pub struct Client<M: StateMachine> {
     timeout: Duration,
     /// Largest encoded command: one AppendEntries must be able to carry it.
     max_command_bytes: usize,
+    /// How to reach the cluster's other nodes (for [`Client::forwarding`]).
+    forward_options: Arc<RemoteOptions>,
+    /// Writes this node cannot propose go to the leader through this, if set.
+    forward: Option<Arc<Forwarder>>,
 }
 
 impl<M: StateMachine> Clone for Client<M> {
@@ -46,6 +51,8 @@ impl<M: StateMachine> Clone for Client<M> {
             shared: self.shared.clone(),
             timeout: self.timeout,
             max_command_bytes: self.max_command_bytes,
+            forward_options: self.forward_options.clone(),
+            forward: self.forward.clone(),
         }
     }
 }
@@ -57,9 +64,22 @@ impl<M: StateMachine> Client<M> {
         shared: Arc<Shared>,
         timeout: Duration,
         max_command_bytes: usize,
+        forward_options: RemoteOptions,
     ) -> Client<M> {
         let session = Some(Arc::new(ClientSession::default()));
-        Client { session, tx, rx, shared, timeout, max_command_bytes }
+        let forward_options = Arc::new(forward_options);
+        Client { session, tx, rx, shared, timeout, max_command_bytes, forward_options, forward: None }
+    }
+
+    /// A handle to the same node that, on a follower, **forwards** writes to the leader
+    /// (over TCP, as a [`crate::RemoteClient`] would) and returns the leader's answer,
+    /// instead of answering `Redirect` (Pistis's behaviour; `Redirect` stays the default).
+    /// With a session (the default) a forwarded write whose fate is uncertain is sent
+    /// again, and still applies once. While no leader is known it waits for one, until
+    /// the timeout. Reads are not forwarded: a closure cannot cross the network.
+    pub fn forwarding(&self) -> Client<M> {
+        let forward = Forwarder::new((*self.forward_options).clone().timeout(self.timeout));
+        Client { forward: Some(Arc::new(forward)), ..self.clone() }
     }
 
     /// A handle to the same node with a session of its own (clones share their session).
@@ -97,8 +117,12 @@ impl<M: StateMachine> Client<M> {
     /// [`Client::write`] with its own timeout. A command that encodes to more than
     /// [`crate::Config::max_append_bytes`] is refused with [`Error::TooLarge`].
     pub fn write_timeout(&self, command: M::Command, timeout: Duration) -> Result<M::Response> {
-        let Some(session) = &self.session else { return self.submit_timeout(command, timeout)?.wait() };
         let deadline = deadline_after(timeout);
+        let Some(session) = &self.session else {
+            let command = encode_command(None, &command)?;
+            check_command::<M::Command>(command_body(&command).expect("a plain command"))?;
+            return self.write_once(command, false, deadline);
+        };
         let body = rmp_serde::to_vec(&command).map_err(|e| Error::Codec(e.to_string()))?;
         self.check_size(body.len())?;
         check_command::<M::Command>(&body)?;
@@ -128,8 +152,10 @@ impl<M: StateMachine> Client<M> {
         let mut backoff = Duration::from_millis(1);
         loop {
             let command = tag_encoded(session.tag(id, seq), body);
-            let result = self.send_write(command, deadline)?.wait();
-            let certain_retryable = matches!(result, Err(Error::Dropped { .. } | Error::TransferInProgress));
+            let result = self.write_once(command, true, deadline);
+            let no_leader = self.forward.is_some() && matches!(result, Err(Error::Redirect { leader: None }));
+            let certain_retryable =
+                no_leader || matches!(result, Err(Error::Dropped { .. } | Error::TransferInProgress));
             let now = Instant::now();
             if !certain_retryable || now + backoff >= deadline {
                 return result;
@@ -137,6 +163,21 @@ impl<M: StateMachine> Client<M> {
             // Backing off is the point here: the node is busy or between leaders.
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+        }
+    }
+
+    /// One attempt of an encoded write at this node, forwarded to the leader if this node
+    /// redirects and the client forwards. `safe`: the command carries a session.
+    fn write_once(&self, command: Vec<u8>, safe: bool, deadline: Instant) -> Result<M::Response> {
+        let Some(forward) = &self.forward else { return self.send_write(command, deadline)?.wait() };
+        // Kept for forwarding: the local attempt consumes the bytes (a copy per write, on
+        // forwarding clients only).
+        let copy = command.clone();
+        match self.send_write(command, deadline)?.wait() {
+            Err(Error::Redirect { leader: Some(Peer { addr: Some(addr), .. }) }) => {
+                decode_answer(forward.write(addr, copy, safe, deadline)?)
+            }
+            result => result,
         }
     }
 
@@ -160,13 +201,26 @@ impl<M: StateMachine> Client<M> {
             let timeout = deadline.saturating_duration_since(Instant::now());
             let (reply, answer) = reply_slot();
             self.enqueue(Request::RegisterSession { secret, timeout, reply })?;
-            match explain_stop(&self.shared, answer.wait(timeout)) {
+            let result = match (explain_stop(&self.shared, answer.wait(timeout)), &self.forward) {
+                (Err(Error::Redirect { leader: Some(Peer { addr: Some(addr), .. }) }), Some(forward)) => {
+                    forward.register(addr, secret, deadline)
+                }
+                (result, _) => result,
+            };
+            match result {
                 Ok(id) => {
                     session.set(id, secret);
                     return Ok(id);
                 }
                 Err(Error::Dropped { .. } | Error::TransferInProgress | Error::LeadershipLost | Error::Timeout)
                     if Instant::now() + backoff < deadline =>
+                {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
+                // A forwarding client waits for a leader to forward to.
+                Err(Error::Redirect { leader: None })
+                    if self.forward.is_some() && Instant::now() + backoff < deadline =>
                 {
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);

@@ -50,7 +50,14 @@ impl<M: StateMachine> Node<M> {
             storage_failure: OnceLock::new(),
         });
         let (tx, rx) = crossbeam_channel::bounded(config.client_queue);
-        let client = Client::new(tx, rx.clone(), shared.clone(), config.request_timeout, config.max_append_bytes);
+        let forward = crate::remote::forwarding_options(
+            &config.cluster_id,
+            config.cluster_key,
+            config.peers.values().copied(),
+            config.max_frame_bytes,
+        );
+        let client =
+            Client::new(tx, rx.clone(), shared.clone(), config.request_timeout, config.max_append_bytes, forward);
         let id = config.id;
         if !config.cluster_key.is_secret() {
             log::warn!(

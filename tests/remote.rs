@@ -136,3 +136,20 @@ fn client_and_peer_connections_refuse_each_others_frames() {
     let status = cluster.client(1).status().unwrap();
     assert_eq!((status.role, status.term), (Role::Leader, term_before), "neither frame reached Raft");
 }
+
+/// Pistis-style: a client of a follower, told to forward, gets the leader's answers;
+/// without `forwarding()` the same follower still redirects.
+#[test]
+fn a_forwarding_client_on_a_follower_writes_through_the_leader() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.stable_leader();
+    let follower = *cluster.nodes.keys().find(|&&id| id != leader).unwrap();
+    let plain = cluster.client(follower);
+    assert!(matches!(plain.write(Cmd::Put(0)), Err(Error::Redirect { .. })), "redirect stays the default");
+    let forwarding = plain.forwarding();
+    for v in 1..=20u64 {
+        assert_eq!(forwarding.write(Cmd::Put(v)).expect("forwarded write"), v as usize);
+    }
+    assert_eq!(forwarding.without_session().write(Cmd::Put(21)).expect("forwarded, no session"), 21);
+    cluster.await_applied_everywhere(&(1..=21).collect::<Vec<_>>());
+}

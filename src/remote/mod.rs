@@ -33,6 +33,7 @@ const BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// leader), its id and secret, and how long calls wait.
 #[derive(Clone, Debug)]
 pub struct RemoteOptions {
+    /// Nodes to try, round robin, while no leader is known.
     addrs: Vec<SocketAddr>,
     link: LinkConfig,
     timeout: Duration,
@@ -145,6 +146,56 @@ struct LinkState {
     next: usize,
 }
 
+/// Sends writes an in-process [`crate::Client`] could not propose (its node is a
+/// follower) to the leader, Pistis-style: see [`crate::Client::forwarding`].
+pub(crate) struct Forwarder {
+    shared: Shared,
+}
+
+impl Forwarder {
+    /// A forwarder that reaches the cluster as `options` say (the node's own cluster id,
+    /// secret and peers).
+    pub fn new(options: RemoteOptions) -> Forwarder {
+        Forwarder { shared: Shared { options, state: Mutex::new(LinkState::default()) } }
+    }
+
+    /// Sends `command` (an encoded command entry) to the leader at `leader`, following
+    /// further redirects until `deadline`. `safe`: the command carries a session, so an
+    /// attempt whose fate is unknown may be sent again.
+    pub fn write(&self, leader: SocketAddr, command: Vec<u8>, safe: bool, deadline: Instant) -> Result<Bytes> {
+        self.shared.state.lock().leader = Some(leader);
+        let command = Bytes(command);
+        let make = |left: Duration| Call::Write { command: command.clone(), timeout_ms: millis(left) };
+        self.shared.call(&make, safe, deadline)
+    }
+
+    /// Registers a session with `secret` at the leader at `leader` (retried: an extra
+    /// registration only leaves an unused session).
+    pub fn register(&self, leader: SocketAddr, secret: u64, deadline: Instant) -> Result<u64> {
+        self.shared.state.lock().leader = Some(leader);
+        let make = |left: Duration| Call::RegisterSession { secret, timeout_ms: millis(left) };
+        decode(self.shared.call(&make, true, deadline)?)
+    }
+}
+
+/// Options for a forwarder: the node's own cluster id and key, its peers' addresses.
+pub(crate) fn forwarding_options(
+    cluster_id: &str,
+    key: ClusterKey,
+    peers: impl IntoIterator<Item = SocketAddr>,
+    max_frame_bytes: usize,
+) -> RemoteOptions {
+    let mut options = RemoteOptions::new(peers).cluster_id(cluster_id);
+    options.link.key = key;
+    options.link.max_frame_bytes = max_frame_bytes;
+    options
+}
+
+/// Decodes a forwarded write's answer.
+pub(crate) fn decode_answer<T: DeserializeOwned>(bytes: Bytes) -> Result<T> {
+    decode(bytes)
+}
+
 /// What to do after an attempt's answer.
 enum Next {
     Done(Result<Bytes>),
@@ -166,11 +217,16 @@ impl Shared {
                     Some(link) if !link.is_dead() => return Ok(link.clone()),
                     _ => s.link = None,
                 }
-                s.leader.take().unwrap_or_else(|| {
-                    let addr = self.options.addrs[s.next % self.options.addrs.len()];
-                    s.next += 1;
-                    addr
-                })
+                match s.leader.take() {
+                    Some(addr) => addr,
+                    // No address to try (a forwarder on a node that knows no member yet).
+                    None if self.options.addrs.is_empty() => return Err(Error::Redirect { leader: None }),
+                    None => {
+                        let addr = self.options.addrs[s.next % self.options.addrs.len()];
+                        s.next += 1;
+                        addr
+                    }
+                }
             };
             match Link::open(target, &self.options.link) {
                 Ok(link) => {
