@@ -68,7 +68,7 @@ pub use remote::{RemoteClient, RemoteOptions, RemotePending};
 #[doc(hidden)]
 pub use state_machine::answer_query;
 pub use state_machine::{Queries, Snapshot, StateMachine};
-pub use status::{Member, Status};
+pub use status::{Member, Metrics, PeerTraffic, Status};
 
 #[cfg(test)]
 mod tests {

@@ -37,6 +37,50 @@ pub struct Status {
     /// Why a peer last refused this node's connection, if one did (a node restarted
     /// without its state is refused by the others: it must rejoin under a new id).
     pub refused: Option<String>,
+    /// Counters since the node started, for graphs and alerts.
+    pub metrics: Metrics,
+}
+
+/// What a node has done since it started: counters only ever grow (a production user
+/// graphs their rates).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Entries this node proposed as leader (writes and session registrations).
+    pub proposals: u64,
+    /// Entries this node learned committed.
+    pub entries_committed: u64,
+    /// Entries this node applied to its state machine.
+    pub entries_applied: u64,
+    /// Elections this node started (real campaigns, not pre-votes).
+    pub elections_started: u64,
+    /// Elections this node won.
+    pub elections_won: u64,
+    /// Times the leader this node knows of changed to another (or to a first) node.
+    pub leader_changes: u64,
+    /// Snapshots this node took of its own state.
+    pub snapshots_taken: u64,
+    /// Snapshots this node received from a leader and installed.
+    pub snapshots_installed: u64,
+    /// InstallSnapshot chunks this node sent as leader.
+    pub snapshot_chunks_sent: u64,
+    /// `fdatasync`s of the log (durable mode; 0 in memory mode).
+    pub log_syncs: u64,
+    /// Traffic with each peer, by id.
+    pub peers: std::collections::BTreeMap<NodeId, PeerTraffic>,
+}
+
+/// Messages and bytes exchanged with one peer (frames of Raft messages, and the bytes
+/// of every frame on the connections).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerTraffic {
+    /// Raft messages sent to it.
+    pub messages_out: u64,
+    /// Bytes queued to it.
+    pub bytes_out: u64,
+    /// Raft messages received from it.
+    pub messages_in: u64,
+    /// Bytes read from it.
+    pub bytes_in: u64,
 }
 
 /// One member of the configuration.

@@ -271,3 +271,32 @@ fn huge_timeouts_do_not_panic() {
     assert_eq!(client.write_timeout(Cmd::Put(1), Duration::MAX).unwrap(), 1);
     assert!(node.is_running());
 }
+
+/// The counters a production user graphs move with the work done.
+#[test]
+fn metrics_count_proposals_elections_and_traffic() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.stable_leader();
+    let client = cluster.client(leader);
+    let before = client.status().unwrap().metrics;
+    for v in 1..=30 {
+        client.write(Cmd::Put(v)).unwrap();
+    }
+    let after = client.status().unwrap().metrics;
+    assert!(after.proposals >= before.proposals + 30, "{after:?}");
+    assert!(after.entries_committed >= before.entries_committed + 30, "{after:?}");
+    assert!(after.entries_applied >= before.entries_applied + 30, "{after:?}");
+    assert!(after.elections_won >= 1 && after.elections_started >= after.elections_won, "{after:?}");
+    assert!(after.leader_changes >= 1, "{after:?}");
+    assert_eq!(after.peers.len(), 2, "traffic with both followers: {after:?}");
+    for (id, t) in &after.peers {
+        let was = before.peers.get(id).copied().unwrap_or_default();
+        assert!(t.messages_out >= was.messages_out + 30 && t.bytes_out > was.bytes_out, "to {id}: {t:?}");
+        assert!(t.messages_in > was.messages_in && t.bytes_in > was.bytes_in, "from {id}: {t:?}");
+    }
+    assert_eq!(after.log_syncs, 0, "memory mode syncs nothing");
+    let follower = *cluster.nodes.keys().find(|&&id| id != leader).unwrap();
+    cluster.await_applied_everywhere(&(1..=30).collect::<Vec<_>>());
+    let f = cluster.client(follower).status().unwrap().metrics;
+    assert!(f.entries_applied >= 30 && f.proposals == 0 && f.leader_changes >= 1, "{f:?}");
+}

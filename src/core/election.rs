@@ -190,6 +190,7 @@ impl Raft {
         self.role = Role::Candidate;
         self.leader_id = None;
         self.ready.soft_state_changed = true;
+        self.elections.started += 1;
         self.reset_election_timer();
         log::debug!("node {}: campaigning in {term}", self.cfg.id);
     }
@@ -200,6 +201,7 @@ impl Raft {
         self.role = Role::Leader;
         self.leader_id = Some(self.cfg.id);
         self.ready.soft_state_changed = true;
+        self.elections.won += 1;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.progress.clear();

@@ -132,6 +132,15 @@ impl Ready {
     }
 }
 
+/// How many elections a server started and won (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Elections {
+    /// Campaigns started (terms this server stood in; pre-votes not counted).
+    pub started: u64,
+    /// Campaigns won.
+    pub won: u64,
+}
+
 /// A read waiting for its confirmation round.
 #[derive(Clone, Copy, Debug)]
 struct PendingRead {
@@ -196,6 +205,8 @@ pub struct Raft {
     anomalies: u64,
     /// Messages dropped at the door (see `guard.rs`).
     refused: Refused,
+    /// Campaigns this server started (real elections, not pre-votes) and won.
+    elections: Elections,
     /// The latest snapshot this server holds (what a leader sends to followers behind).
     snapshot: Option<SnapshotInfo>,
     /// A snapshot being received from the leader.
@@ -263,6 +274,7 @@ impl Raft {
             hard_dirty: false,
             anomalies: 0,
             refused: Refused::default(),
+            elections: Elections::default(),
             vouched: Vec::new(),
             was_member: false,
             snapshot,
@@ -287,6 +299,11 @@ impl Raft {
     pub fn role(&self) -> Role {
         self.role
     }
+    /// How many elections this server started and won since it was created.
+    pub fn elections(&self) -> Elections {
+        self.elections
+    }
+
     /// The leader this server knows of in its current term.
     pub fn leader_id(&self) -> Option<NodeId> {
         self.leader_id

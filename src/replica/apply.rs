@@ -68,6 +68,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             return;
         }
         self.applied = index;
+        self.metrics.entries_applied += 1;
         self.answer(index, term, outcome);
     }
 

@@ -74,6 +74,11 @@ pub struct Replica<M: StateMachine, S: Storage, C: Channel> {
     machine: M,
     /// Client sessions (§6.3): replicated state beside the machine's, as of `applied`.
     sessions: Sessions,
+    /// Counters for [`crate::Status::metrics`] (the core keeps its election counts).
+    metrics: crate::status::Metrics,
+    /// The commit index and leader as of the last look, to count what changed.
+    seen_commit: LogIndex,
+    seen_leader: Option<NodeId>,
     /// Invariant: `applied <= core.commit_index()`.
     applied: LogIndex,
     pending: Pending<M, C>,
@@ -118,6 +123,9 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             storage,
             machine,
             sessions: Sessions::default(),
+            metrics: crate::status::Metrics::default(),
+            seen_commit: applied,
+            seen_leader: None,
             applied,
             pending: Pending::new(),
             outbox: Vec::new(),
@@ -182,6 +190,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
                 let deadline = self.deadline_after(timeout);
                 match self.core.propose(command) {
                     Ok(index) => {
+                        self.metrics.proposals += 1;
                         let term = self.core.current_term();
                         let proposed = Proposed { tag, deadline, reply: reply.proposed() };
                         let old = self.pending.writes.insert((index, term), proposed);
@@ -194,6 +203,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
                 let deadline = self.deadline_after(timeout);
                 match self.core.propose(session::encode_register(secret, &self.cfg.sessions)) {
                     Ok(index) => {
+                        self.metrics.proposals += 1;
                         let term = self.core.current_term();
                         let proposed = Proposed { tag: None, deadline, reply: reply.proposed() };
                         let old = self.pending.registrations.insert((index, term), proposed);
@@ -244,6 +254,11 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
     /// Returns whether committed entries remain to apply (call again soon).
     pub fn advance(&mut self) -> bool {
         self.process_ready();
+        let commit = self.core.commit_index();
+        if commit > self.seen_commit {
+            self.metrics.entries_committed += commit.0 - self.seen_commit.0;
+            self.seen_commit = commit;
+        }
         // After the core's output is stored: a snapshot installed by this turn's input must
         // be in storage before compaction may drop the log it covers.
         self.poll_snapshot();
@@ -334,6 +349,16 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             members,
             membership_committed: core.membership_index() <= core.commit_index(),
             refused: None,
+            metrics: self.metrics(),
+        }
+    }
+
+    fn metrics(&self) -> crate::status::Metrics {
+        let elections = self.core.elections();
+        crate::status::Metrics {
+            elections_started: elections.started,
+            elections_won: elections.won,
+            ..self.metrics.clone()
         }
     }
 

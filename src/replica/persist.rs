@@ -78,6 +78,11 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         }
         if ready.soft_state_changed {
             self.members_changed = true;
+            let leader = self.core.leader_id();
+            if leader.is_some() && leader != self.seen_leader {
+                self.metrics.leader_changes += 1;
+                self.seen_leader = leader;
+            }
             log::debug!("node {}: {:?}", self.core.id(), self.core);
         }
     }

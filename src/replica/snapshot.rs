@@ -100,6 +100,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             }
         };
         log::debug!("node {}: snapshot at {} saved ({} bytes)", self.core.id(), info.meta.index, info.size);
+        self.metrics.snapshots_taken += 1;
         let point = self.core.on_snapshot_saved(info, self.cfg.compaction.keep_entries);
         if let Err(e) = self.storage.compact(point) {
             log::error!("node {}: cannot drop the log through {point}: {e}", self.core.id());
@@ -111,12 +112,15 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
     pub(super) fn fill_snapshot_chunks(&mut self, messages: &mut Vec<Envelope>) {
         let chunk_bytes = self.cfg.core.snapshot_chunk_bytes;
         let id = self.core.id();
-        let storage = &mut self.storage;
+        let (storage, metrics) = (&mut self.storage, &mut self.metrics);
         messages.retain_mut(|env| {
             let MessageKind::InstallSnapshot(is) = &mut env.message.kind else { return true };
             is.data = vec![0; is.chunk_len(chunk_bytes)];
             match storage.read_snapshot(is.meta.index, is.offset, &mut is.data) {
-                Ok(()) => true,
+                Ok(()) => {
+                    metrics.snapshot_chunks_sent += 1;
+                    true
+                }
                 Err(e) => {
                     log::warn!("node {id}: cannot read snapshot {} for node {}: {e}", is.meta.index, env.to);
                     false
@@ -154,6 +158,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         log::info!("node {}: installed the leader's snapshot at {index} ({} bytes)", self.core.id(), order.info.size);
         self.applied = index;
         self.applied_bytes_since = 0;
+        self.metrics.snapshots_installed += 1;
         self.answer_skipped();
     }
 

@@ -285,7 +285,10 @@ impl<M: StateMachine> NodeLoop<M> {
     }
 
     fn status(&self) -> Status {
-        Status { refused: self.peers.refused.clone(), ..self.replica.status() }
+        let mut status = Status { refused: self.peers.refused.clone(), ..self.replica.status() };
+        status.metrics.peers = self.peers.traffic();
+        status.metrics.log_syncs = self.replica.storage().log_syncs();
+        status
     }
 
     fn shutdown(mut self) {

@@ -14,6 +14,7 @@ use crate::runtime::limits::{
     Activity, Deadlines, NON_MEMBER_INBOUND_MAX, PARTIAL_FRAME_CHECK_BYTES, PARTIAL_FRAMES_PER_NODE_MAX,
 };
 use crate::runtime::wire::{Hello, Wire};
+use crate::status::PeerTraffic;
 use crate::transport::{
     Backoff, Connection, ConnectionConfig, Handshake, PROTOCOL_VERSION, ReadOutcome, Role, TransportError,
 };
@@ -90,6 +91,9 @@ pub(crate) struct Peers {
     pending_close: Vec<Token>,
     /// Inbound connections whose handshake said "client", to hand over.
     clients_found: Vec<Token>,
+    /// Messages and bytes to and from each peer (only members' entries are kept: see
+    /// `traffic`).
+    traffic: BTreeMap<NodeId, PeerTraffic>,
 }
 
 impl Peers {
@@ -117,12 +121,20 @@ impl Peers {
             deadlines,
             pending_close: Vec::new(),
             clients_found: Vec::new(),
+            traffic: BTreeMap::new(),
         }
     }
 
     /// Records the addresses of the latest configuration.
     pub fn set_member_addrs(&mut self, addrs: BTreeMap<NodeId, SocketAddr>) {
         self.member_addrs = addrs;
+    }
+
+    /// Traffic with the members this node knows (an id that sent frames without being a
+    /// member, a hostile peer's say, is left out, so the map stays bounded).
+    pub fn traffic(&self) -> BTreeMap<NodeId, PeerTraffic> {
+        let member = |id: &NodeId| self.member_addrs.contains_key(id) || self.config_addrs.contains_key(id);
+        self.traffic.iter().filter(|(id, _)| member(id)).map(|(&id, &t)| (id, t)).collect()
     }
 
     fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
@@ -135,9 +147,13 @@ impl Peers {
     pub fn send(&mut self, registry: &Registry, to: NodeId, msg: Message, now: Instant) {
         let Some(token) = self.outbound_token(registry, to, now) else { return };
         let conn = self.conns.get_mut(&token).expect("dialer tokens are live");
+        let before = conn.conn.bytes_queued();
         match conn.conn.queue(&Wire::Raft(msg)) {
             Ok(()) => {
                 conn.activity.last_sent_at = now;
+                let traffic = self.traffic.entry(to).or_default();
+                traffic.messages_out += 1;
+                traffic.bytes_out += conn.conn.bytes_queued() - before;
                 self.unflushed.push(token)
             }
             // Backpressure from a stuck peer is routine; a frame too large to send is a
@@ -363,7 +379,13 @@ impl Peers {
         }
         let c = self.conns.get_mut(&token).expect("still open");
         let mut frames: Vec<Wire> = Vec::new();
+        let before = c.conn.bytes_read();
         let outcome = c.conn.read_frames(&mut frames);
+        if let Side::Inbound { peer: Some(peer), .. } = c.side {
+            let traffic = self.traffic.entry(peer).or_default();
+            traffic.bytes_in += c.conn.bytes_read() - before;
+            traffic.messages_in += frames.iter().filter(|f| matches!(f, Wire::Raft(_))).count() as u64;
+        }
         c.activity.on_read(now, frames.len(), c.conn.partial_frame_bytes());
         for frame in frames {
             self.on_frame(token, frame, inbox)?;

@@ -39,6 +39,14 @@ impl NodeStorage {
         }
     }
 
+    /// `fdatasync`s of the log so far (none in memory mode).
+    pub(crate) fn log_syncs(&self) -> u64 {
+        match self {
+            NodeStorage::Memory(_) => 0,
+            NodeStorage::File(s) => s.log_syncs(),
+        }
+    }
+
     /// Whether batches were written but not synced yet.
     pub(crate) fn has_unsynced_writes(&self) -> bool {
         match self {

@@ -94,6 +94,9 @@ pub struct Connection {
     peer: Option<Handshake>,
     /// Frames queued before the peer was authenticated (bounded like `out`).
     held: Vec<u8>,
+    /// Counters for traffic metrics.
+    bytes_queued: u64,
+    bytes_read: u64,
 }
 
 impl Connection {
@@ -111,6 +114,8 @@ impl Connection {
             unproven: None,
             peer: None,
             held: Vec::new(),
+            bytes_queued: 0,
+            bytes_read: 0,
         })
     }
 
@@ -181,7 +186,18 @@ impl Connection {
             buf.truncate(before);
             return Err(TransportError::Backpressure);
         }
+        self.bytes_queued += frame_len as u64;
         Ok(())
+    }
+
+    /// Bytes of frames queued on this connection so far (for traffic metrics).
+    pub fn bytes_queued(&self) -> u64 {
+        self.bytes_queued
+    }
+
+    /// Bytes read from the socket so far, handshake included (for traffic metrics).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
     }
 
     /// Writes queued bytes until done or the socket would block; `Ok(true)` once all are
@@ -318,7 +334,10 @@ impl Connection {
         loop {
             return match self.decoder.read_from(&mut self.stream, limit) {
                 Ok(0) => Ok(Fill::Eof),
-                Ok(n) => Ok(Fill::Bytes(n)),
+                Ok(n) => {
+                    self.bytes_read += n as u64;
+                    Ok(Fill::Bytes(n))
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Fill::WouldBlock),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => Err(e.into()),
