@@ -300,11 +300,41 @@ impl<M: StateMachine> Client<M> {
     }
 
     /// Waits until this node knows a leader and returns its id. On a `join()` node not yet
-    /// added, it waits and ends in `Timeout`.
+    /// added, it waits and ends in `Timeout`. The leader may be one this node still
+    /// believes in after it stopped: to wait for a successor, use
+    /// [`Client::await_new_leader`].
     pub fn await_leader(&self, timeout: Duration) -> Result<NodeId> {
+        self.await_leader_other_than(None, timeout)
+    }
+
+    /// Waits until this node knows a leader other than `old` (after stopping `old`, or
+    /// after [`Client::trigger_election`] on another node) and returns its id.
+    pub fn await_new_leader(&self, old: NodeId, timeout: Duration) -> Result<NodeId> {
+        self.await_leader_other_than(Some(old), timeout)
+    }
+
+    fn await_leader_other_than(&self, other_than: Option<NodeId>, timeout: Duration) -> Result<NodeId> {
         let (reply, answer) = reply_slot();
-        self.enqueue(Request::AwaitLeader { timeout, reply })?;
+        self.enqueue(Request::AwaitLeader { other_than, timeout, reply })?;
         explain_stop(&self.shared, answer.wait(timeout))
+    }
+
+    /// A channel of this node's [`Status`], sent once at once and then whenever its role,
+    /// leader or membership changes: ra's `state_enter`, openraft's metrics watch,
+    /// hashicorp's `LeaderCh`. It holds up to 64 statuses; a receiver that lets it fill
+    /// misses changes until it drains it (the latest status is always a `status()` away).
+    /// Dropping the receiver ends the watch.
+    pub fn watch(&self) -> Result<crossbeam_channel::Receiver<Status>> {
+        if self.shared.exited.load(Ordering::SeqCst) {
+            return explain_stop(&self.shared, Err(Error::Stopped));
+        }
+        let (tx, rx) = crossbeam_channel::bounded(WATCH_CAPACITY);
+        self.shared.watchers.lock().push(tx);
+        self.shared.new_watcher.store(true, Ordering::Release);
+        if let Err(e) = self.shared.wake() {
+            log::warn!("cannot wake the node thread: {e}");
+        }
+        Ok(rx)
     }
 
     /// The leader this node knows of right now, if any.
@@ -391,6 +421,9 @@ impl<R> PendingWrite<R> {
         explain_stop(&self.shared, self.answer.wait(self.deadline.saturating_duration_since(Instant::now())))
     }
 }
+
+/// Statuses a watch channel holds.
+const WATCH_CAPACITY: usize = 64;
 
 /// Longest pause between retries of a write.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(50);

@@ -48,6 +48,8 @@ impl<M: StateMachine> Node<M> {
             sleeping: AtomicBool::new(false),
             exited: AtomicBool::new(false),
             storage_failure: OnceLock::new(),
+            watchers: parking_lot::Mutex::new(Vec::new()),
+            new_watcher: AtomicBool::new(false),
         });
         let (tx, rx) = crossbeam_channel::bounded(config.client_queue);
         let forward = crate::remote::forwarding_options(

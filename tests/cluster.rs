@@ -300,3 +300,29 @@ fn metrics_count_proposals_elections_and_traffic() {
     let f = cluster.client(follower).status().unwrap().metrics;
     assert!(f.entries_applied >= 30 && f.proposals == 0 && f.leader_changes >= 1, "{f:?}");
 }
+
+/// After the leader stops, `await_leader` may still name it (a follower believes in it
+/// until its election timeout), `await_new_leader` names its successor, and a watch sees
+/// the change as it happens.
+#[test]
+fn await_new_leader_and_watch_see_a_failover() {
+    let mut cluster = Cluster::start(3);
+    let old = cluster.stable_leader();
+    let survivor = *cluster.nodes.keys().find(|&&id| id != old).unwrap();
+    let client = cluster.client(survivor);
+    let watch = client.watch().unwrap();
+    let first = watch.recv_timeout(support::cluster::PATIENCE).expect("the current status at once");
+    assert_eq!((first.id, first.leader), (survivor, Some(old)));
+    cluster.stop(old);
+    let new = client.await_new_leader(old, support::cluster::PATIENCE).expect("a successor");
+    assert_ne!(new, old);
+    let seen = loop {
+        let s = watch.recv_timeout(support::cluster::PATIENCE).expect("a status for every change");
+        if s.leader == Some(new) {
+            break s;
+        }
+    };
+    assert_eq!(seen.id, survivor);
+    drop(watch); // the node drops the watcher at its next change; nothing blocks
+    cluster.client(new).write(Cmd::Put(1)).expect("the new leader serves");
+}

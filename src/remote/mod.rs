@@ -442,7 +442,8 @@ impl<M: StateMachine> RemoteClient<M> {
     /// Waits until the node the client is connected to knows a leader; returns its id.
     pub fn await_leader(&self, timeout: Duration) -> Result<NodeId> {
         let deadline = Instant::now() + timeout;
-        decode(self.shared.call(&|left| Call::AwaitLeader { timeout_ms: millis(left) }, true, deadline)?)
+        let make = |left: Duration| Call::AwaitLeader { other_than: None, timeout_ms: millis(left) };
+        decode(self.shared.call(&make, true, deadline)?)
     }
 
     /// As [`crate::Client::add_server`], through the leader.

@@ -28,7 +28,7 @@ pub(crate) enum Call {
     /// A query (see [`crate::Queries`]): linearizable, or of the node's local state.
     Query { query: Bytes, local: bool },
     /// Wait for a leader.
-    AwaitLeader { timeout_ms: u64 },
+    AwaitLeader { other_than: Option<NodeId>, timeout_ms: u64 },
     /// The node's status.
     Status,
     /// Membership and leadership calls, as on [`crate::Client`].

@@ -223,9 +223,9 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
                 }
             }
             Request::ReadLocal { read } => read(Ok(&self.machine)),
-            Request::AwaitLeader { timeout, reply } => {
+            Request::AwaitLeader { other_than, timeout, reply } => {
                 let deadline = self.deadline_after(timeout);
-                self.pending.leader_waiters.push((deadline, reply))
+                self.pending.leader_waiters.push((deadline, (other_than, reply)))
             }
             Request::Status { reply } => reply.send(Ok(self.status())),
             Request::AddServer { id, addr, reply } => match self.core.add_server(id, addr) {

@@ -59,8 +59,9 @@ pub(crate) struct Pending<M: StateMachine, C: Channel> {
     /// Confirmed reads waiting for `applied` to reach their index, in index order.
     pub confirmed_reads: Vec<(LogIndex, ReadFn<M>)>,
     pub next_read_ctx: u64,
-    /// Callers of `await_leader`, until their deadline.
-    pub leader_waiters: Vec<(Deadline, C::Reply<NodeId>)>,
+    /// Callers of `await_leader`, until their deadline, each with the leader it is not
+    /// waiting for (`await_new_leader`'s old one).
+    pub leader_waiters: Vec<(Deadline, (Option<NodeId>, C::Reply<NodeId>))>,
     pub changes: Vec<(Change, Deadline, C::Reply<()>)>,
     pub transfer: Option<(NodeId, Deadline, C::Reply<()>)>,
 }
@@ -99,12 +100,18 @@ impl<M: StateMachine, C: Channel> Pending<M, C> {
     /// Answers what the core's new state settles: changes committed, transfers done,
     /// leaders known, and (if this node no longer leads) everything that needed it to.
     pub fn settle(&mut self, core: &Raft, now: Deadline) {
-        if let Some(leader) = core.leader_id() {
-            for (_, w) in self.leader_waiters.drain(..) {
+        if let Some(leader) = core.leader_id()
+            && !self.leader_waiters.is_empty()
+        {
+            let (found, waiting) = std::mem::take(&mut self.leader_waiters)
+                .into_iter()
+                .partition(|(_, (other_than, _))| *other_than != Some(leader));
+            self.leader_waiters = waiting;
+            for (_, (_, w)) in found {
                 w.send(Ok(leader));
             }
         }
-        for (_, w) in extract_expired(&mut self.leader_waiters, now) {
+        for (_, (_, w)) in extract_expired(&mut self.leader_waiters, now) {
             w.send(Err(Error::Timeout));
         }
         self.settle_changes(core, now);
@@ -178,7 +185,7 @@ impl<M: StateMachine, C: Channel> Pending<M, C> {
         for (_, p) in std::mem::take(&mut self.registrations) {
             p.reply.send(Err(Error::LeadershipLost));
         }
-        for (_, w) in self.leader_waiters.drain(..) {
+        for (_, (_, w)) in self.leader_waiters.drain(..) {
             w.send(Err(Error::Stopped));
         }
         if let Some((_, _, reply)) = self.transfer.take() {

@@ -45,6 +45,8 @@ pub enum Request<M: StateMachine, C: Channel> {
     },
     /// Answer once a leader is known, or `Timeout` after `timeout`.
     AwaitLeader {
+        /// A leader not to answer with (the old one, when waiting for a new leader).
+        other_than: Option<NodeId>,
         /// How long to wait.
         timeout: Duration,
         /// Gets the leader's id.

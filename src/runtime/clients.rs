@@ -233,8 +233,8 @@ fn to_request<M: StateMachine>(
             });
             if local { Request::ReadLocal { read } } else { Request::Read { read } }
         }
-        Call::AwaitLeader { timeout_ms } => {
-            Request::AwaitLeader { timeout: timeout(timeout_ms), reply: reply(conn, id, outbox) }
+        Call::AwaitLeader { other_than, timeout_ms } => {
+            Request::AwaitLeader { other_than, timeout: timeout(timeout_ms), reply: reply(conn, id, outbox) }
         }
         Call::Status => Request::Status { reply: reply(conn, id, outbox) },
         Call::AddServer { id: node, addr } => {

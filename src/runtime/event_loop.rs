@@ -55,6 +55,11 @@ pub(crate) struct Shared {
     /// Why the node stopped, if its storage failed: set before `exited`, so clients that
     /// see the node gone answer [`crate::Error::StorageFailed`] instead of `Stopped`.
     pub storage_failure: OnceLock<String>,
+    /// Channels that get this node's status whenever its role, leader or membership
+    /// changes (see [`crate::Client::watch`]).
+    pub watchers: parking_lot::Mutex<Vec<crossbeam_channel::Sender<Status>>>,
+    /// A watcher was added: send it the current status at the next turn.
+    pub new_watcher: AtomicBool,
 }
 
 impl Shared {
@@ -223,11 +228,28 @@ impl<M: StateMachine> NodeLoop<M> {
         for env in self.replica.drain_outbox() {
             self.peers.send(self.poll.registry(), env.to, env.message, now);
         }
-        if self.replica.take_members_changed() {
+        let changed = self.replica.take_members_changed();
+        if changed {
             self.peers.set_member_addrs(member_addrs(self.replica.core()));
         }
+        self.notify_watchers(changed);
         self.peers.flush_all(self.poll.registry(), now);
         self.clients.flush_all(self.poll.registry());
+    }
+
+    /// Sends the status to every watcher when role, leader or membership changed (or a
+    /// watcher is new). A watcher whose channel is full misses this one (it is slow); one
+    /// whose receiver is gone is dropped.
+    fn notify_watchers(&mut self, changed: bool) {
+        let new = self.shared.new_watcher.swap(false, Ordering::AcqRel);
+        if !changed && !new {
+            return;
+        }
+        let status = self.status();
+        self.shared.watchers.lock().retain(|tx| match tx.try_send(status.clone()) {
+            Ok(()) | Err(crossbeam_channel::TrySendError::Full(_)) => true,
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        });
     }
 
     fn on_timers(&mut self, now: Instant) {
