@@ -61,10 +61,13 @@ pub(crate) struct Pending<M: StateMachine, C: Channel> {
     pub next_read_ctx: u64,
     /// Callers of `await_leader`, until their deadline, each with the leader it is not
     /// waiting for (`await_new_leader`'s old one).
-    pub leader_waiters: Vec<(Deadline, (Option<NodeId>, C::Reply<NodeId>))>,
+    pub leader_waiters: Vec<(Deadline, LeaderWaiter<C>)>,
     pub changes: Vec<(Change, Deadline, C::Reply<()>)>,
     pub transfer: Option<(NodeId, Deadline, C::Reply<()>)>,
 }
+
+/// An `await_leader` caller: the leader it does not want (if any), and its reply.
+pub(crate) type LeaderWaiter<C> = (Option<NodeId>, <C as Channel>::Reply<NodeId>);
 
 impl<M: StateMachine, C: Channel> Pending<M, C> {
     pub fn new() -> Pending<M, C> {
