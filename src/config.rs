@@ -32,6 +32,8 @@ use crate::transport::{CLUSTER_SECRET_BYTES_MIN, ClusterKey};
 pub struct Config {
     pub(crate) id: NodeId,
     pub(crate) listen: SocketAddr,
+    /// The address peers and clients reach this node at, if not `listen`.
+    pub(crate) advertise: Option<SocketAddr>,
     pub(crate) peers: BTreeMap<NodeId, SocketAddr>,
     pub(crate) join: bool,
     pub(crate) cluster_id: String,
@@ -64,6 +66,7 @@ impl Config {
         Config {
             id,
             listen,
+            advertise: None,
             peers: BTreeMap::new(),
             join: false,
             cluster_id: "quorate".into(),
@@ -92,6 +95,15 @@ impl Config {
         if self.peers.insert(id, addr).is_some() {
             self.duplicate_peer = Some(id);
         }
+        self
+    }
+
+    /// The address other nodes and clients reach this node at, when it is not the listen
+    /// address: a node listening on `0.0.0.0:7001` (every interface) advertises, say,
+    /// `10.0.0.5:7001`, or sits behind a NAT or a proxy. It is what this node's membership
+    /// entry records, what it tells peers it dials, and so what a `Redirect` to it names.
+    pub fn advertise(mut self, addr: SocketAddr) -> Config {
+        self.advertise = Some(addr);
         self
     }
 
@@ -261,10 +273,14 @@ impl Config {
             return bad(format!("peer {id} is listed twice"));
         }
         if let Some(addr) = self.peers.get(&self.id)
-            && *addr != self.listen
+            && *addr != self.advertised()
             && self.listen.port() != 0
         {
-            return bad(format!("own id {} listed as a peer at {addr}, but listening on {}", self.id, self.listen));
+            let at = self.advertised();
+            return bad(format!("own id {} listed as a peer at {addr}, but listening (as advertised) on {at}", self.id));
+        }
+        if self.advertise.is_some_and(|a| a.ip().is_unspecified() || a.port() == 0) {
+            return bad("the advertised address must be a concrete address and port peers can dial".into());
         }
         if self.peers.contains_key(&0) {
             return bad("node id 0 is reserved".into());
@@ -324,13 +340,19 @@ impl Config {
         }
     }
 
+    /// Where peers and clients reach this node: [`Config::advertise`], else the listen
+    /// address.
+    pub(crate) fn advertised(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.listen)
+    }
+
     /// The initial configuration: this node and its peers, or nothing for `join()`.
     pub(crate) fn initial_membership(&self) -> Membership {
         if self.join {
             return Membership::default();
         }
         let mut voters: BTreeMap<NodeId, String> = self.peers.iter().map(|(&id, a)| (id, a.to_string())).collect();
-        voters.insert(self.id, self.listen.to_string());
+        voters.insert(self.id, self.advertised().to_string());
         Membership { voters, learners: BTreeMap::new() }
     }
 }
@@ -364,6 +386,7 @@ mod tests {
             ("join with peers", base().join()),
             ("zero queue", base().client_queue(0)),
             ("short secret", base().cluster_secret("short")),
+            ("advertise every interface", base().advertise("0.0.0.0:7000".parse().unwrap())),
             ("zero node id", Config::new(0, addr(7000))),
         ];
         for (name, config) in cases {

@@ -28,7 +28,11 @@ impl<M: StateMachine> Node<M> {
     /// Binds `config`'s listen address and starts the node's thread.
     pub fn start(config: Config, machine: M) -> Result<Node<M>> {
         config.validate()?;
-        let listener = std::net::TcpListener::bind(config.listen)?;
+        let listener = std::net::TcpListener::bind(config.listen).map_err(|e| {
+            let why = format!("cannot listen on {}: {e}", config.listen);
+            log::error!("node {}: {why}", config.id);
+            crate::Error::Io(std::io::Error::new(e.kind(), why))
+        })?;
         Node::start_with_listener(config, listener, machine)
     }
 
@@ -37,6 +41,12 @@ impl<M: StateMachine> Node<M> {
     pub fn start_with_listener(mut config: Config, listener: std::net::TcpListener, machine: M) -> Result<Node<M>> {
         let local_addr = listener.local_addr()?;
         config.listen = local_addr;
+        if config.advertise.is_none() && local_addr.ip().is_unspecified() && !config.join {
+            log::warn!(
+                "node {}: listening on {local_addr} without Config::advertise: peers will record an address they cannot dial",
+                config.id
+            );
+        }
         config.validate()?;
         listener.set_nonblocking(true)?;
         let listener = mio::net::TcpListener::from_std(listener);

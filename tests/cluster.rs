@@ -326,3 +326,17 @@ fn await_new_leader_and_watch_see_a_failover() {
     drop(watch); // the node drops the watcher at its next change; nothing blocks
     cluster.client(new).write(Cmd::Put(1)).expect("the new leader serves");
 }
+
+/// A node that advertises an address records it, not its listen address, in the
+/// configuration (so a `Redirect` to it names an address clients can dial).
+#[test]
+fn the_advertised_address_is_what_the_configuration_records() {
+    let advertised: std::net::SocketAddr = "127.0.0.2:7999".parse().unwrap();
+    let node = single_node(|c| c.advertise(advertised));
+    let client = node.client();
+    client.await_leader(support::cluster::PATIENCE).unwrap();
+    let status = client.status().unwrap();
+    assert_eq!(status.members.len(), 1);
+    assert_eq!(status.members[0].addr, Some(advertised));
+    assert_ne!(node.local_addr(), advertised);
+}
