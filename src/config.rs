@@ -277,7 +277,10 @@ impl Config {
             && self.listen.port() != 0
         {
             let at = self.advertised();
-            return bad(format!("own id {} listed as a peer at {addr}, but listening (as advertised) on {at}", self.id));
+            return bad(format!(
+                "own id {} listed as a peer at {addr}, but listening (as advertised) on {at}",
+                self.id
+            ));
         }
         if self.advertise.is_some_and(|a| a.ip().is_unspecified() || a.port() == 0) {
             return bad("the advertised address must be a concrete address and port peers can dial".into());

@@ -104,7 +104,7 @@ impl fmt::Display for Error {
             }
             Error::Redirect { leader: Some(p) } => write!(f, "not the leader; the leader is node {}", p.id),
             Error::Redirect { leader: None } => write!(f, "not the leader; no leader known"),
-            Error::Timeout => write!(f, "timed out (the command may have been applied)"),
+            Error::Timeout => write!(f, "timed out (a write or membership change may still take effect)"),
             Error::LeadershipLost => write!(f, "leadership lost after proposing (the command may have been applied)"),
             Error::Dropped { leader: Some(p) } => {
                 write!(f, "the command was replaced in the log by a new leader, node {} (not applied)", p.id)

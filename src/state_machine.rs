@@ -12,8 +12,11 @@ use serde::de::DeserializeOwned;
 /// same state: `apply` must not read clocks, randomness, the environment or anything
 /// else that differs between nodes.
 ///
-/// If `apply` panics, the node stops (clients get [`crate::Error::Stopped`]); it never
-/// goes on serving a half-applied state.
+/// If `apply` panics, the node stops; it never goes on serving a half-applied state. The
+/// write whose command panicked, and any other write already proposed, get
+/// [`crate::Error::LeadershipLost`] (indeterminate: the other nodes may apply it, and,
+/// `apply` being deterministic, panic too); every later call gets
+/// [`crate::Error::Stopped`].
 ///
 /// # Snapshots
 ///

@@ -340,3 +340,20 @@ fn the_advertised_address_is_what_the_configuration_records() {
     assert_eq!(status.members[0].addr, Some(advertised));
     assert_ne!(node.local_addr(), advertised);
 }
+
+/// A node whose peer belongs to another cluster says why in its status, rather than
+/// leaving its callers to time out.
+#[test]
+fn a_peer_of_another_cluster_is_named_in_status() {
+    let ls = support::cluster::listeners(2);
+    let (a, b) = (ls[0].local_addr().unwrap(), ls[1].local_addr().unwrap());
+    let mut ls = ls.into_iter();
+    let config_a = test_config(1, a).peer(2, b).cluster_id("alpha");
+    let node_a = Node::start_with_listener(config_a, ls.next().unwrap(), Recorder::default()).unwrap();
+    let config_b = test_config(2, b).peer(1, a).cluster_id("beta");
+    let _node_b = Node::start_with_listener(config_b, ls.next().unwrap(), Recorder::default()).unwrap();
+    let client = node_a.client();
+    wait_until("node 1 says why node 2 refuses it", || {
+        client.status().unwrap().refused.is_some_and(|why| why.contains("cluster") && why.contains("node 2"))
+    });
+}

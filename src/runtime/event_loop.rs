@@ -106,8 +106,12 @@ impl<M: StateMachine> NodeLoop<M> {
     ) -> crate::Result<NodeLoop<M>> {
         let (storage, incarnation) = open_storage(config)?;
         let replica = Replica::new(config.replica_config(), storage, machine)?;
-        let me =
-            Identity { id: config.id, cluster_id: config.cluster_id.clone(), incarnation, listen_addr: config.advertised() };
+        let me = Identity {
+            id: config.id,
+            cluster_id: config.cluster_id.clone(),
+            incarnation,
+            listen_addr: config.advertised(),
+        };
         let conn_config = ConnectionConfig {
             max_frame_bytes: config.max_frame_bytes,
             key: config.cluster_key,

@@ -56,6 +56,14 @@ impl Conn {
     }
 }
 
+/// How often refusing a restarted peer is logged at `error` while it keeps trying.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Most peers whose refusal times are kept (past it the memory starts over).
+const REFUSALS_REMEMBERED_MAX: usize = 1024;
+/// How often a node refused by a peer (it restarted without its state) tries again: the
+/// refusal lasts until an operator acts, so trying often only makes noise.
+const REFUSED_RETRY: Duration = Duration::from_secs(5);
+
 /// Reconnect state of one peer.
 struct Dialer {
     token: Option<Token>,
@@ -63,6 +71,9 @@ struct Dialer {
     retry_at: Option<Instant>,
     /// Warned about the current episode of trouble (warn once, not per retry).
     warned: bool,
+    /// The peer refused us for good (we restarted without our state): retry slowly, and
+    /// say so once, not at every attempt.
+    refused: bool,
 }
 
 /// All peer connections of one node.
@@ -91,6 +102,8 @@ pub(crate) struct Peers {
     pending_close: Vec<Token>,
     /// Inbound connections whose handshake said "client", to hand over.
     clients_found: Vec<Token>,
+    /// When this node last logged refusing each restarted peer.
+    refusals_logged: HashMap<NodeId, Instant>,
     /// Messages and bytes to and from each peer (only members' entries are kept: see
     /// `traffic`).
     traffic: BTreeMap<NodeId, PeerTraffic>,
@@ -121,6 +134,7 @@ impl Peers {
             deadlines,
             pending_close: Vec::new(),
             clients_found: Vec::new(),
+            refusals_logged: HashMap::new(),
             traffic: BTreeMap::new(),
         }
     }
@@ -172,6 +186,7 @@ impl Peers {
             backoff: Backoff::new(to ^ 0x5eed),
             retry_at: None,
             warned: false,
+            refused: false,
         });
         if let Some(token) = dialer.token {
             return Some(token);
@@ -354,6 +369,16 @@ impl Peers {
             // The handshake queued our proof (and, once authenticated, held-back frames).
             self.unflushed.push(token);
         }
+        let handshake = handshake.inspect_err(|e| {
+            // A peer of another cluster, version or secret will never let us in: say so
+            // in `status().refused` instead of leaving callers to time out.
+            if let (Side::Outbound(peer), TransportError::ClusterMismatch { .. })
+            | (Side::Outbound(peer), TransportError::VersionMismatch { .. })
+            | (Side::Outbound(peer), TransportError::AuthFailed) = (&c.side, e)
+            {
+                self.refused = Some(format!("cannot join node {peer}: {e}"));
+            }
+        });
         let Some(peer) = handshake.map_err(|e| e.to_string())? else {
             return Ok(());
         };
@@ -412,7 +437,17 @@ impl Peers {
                     );
                     let _ = c.conn.queue(&Wire::Refused(why.clone()));
                     let _ = c.conn.flush();
-                    log::error!("node {}: {why}", self.me.id);
+                    // It will keep trying: say it loudly once a minute, not at every try.
+                    let now = Instant::now();
+                    if self.refusals_logged.len() >= REFUSALS_REMEMBERED_MAX {
+                        self.refusals_logged.clear();
+                    }
+                    let last = self.refusals_logged.insert(peer, now);
+                    if last.is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL) {
+                        log::error!("node {}: {why} (said once a minute while it lasts)", self.me.id);
+                    } else {
+                        log::debug!("node {}: {why}", self.me.id);
+                    }
                     return Err(why);
                 }
                 *hello = true;
@@ -427,7 +462,16 @@ impl Peers {
                 Ok(())
             }
             (Side::Outbound(peer), Wire::Refused(why)) => {
-                log::error!("node {}: refused by node {peer}: {why}", self.me.id);
+                let peer = *peer;
+                let dialer = self.dialers.get_mut(&peer);
+                if dialer.as_ref().is_some_and(|d| d.refused) {
+                    log::debug!("node {}: refused by node {peer}: {why}", self.me.id);
+                } else {
+                    log::error!("node {}: refused by node {peer}: {why}", self.me.id);
+                }
+                if let Some(d) = dialer {
+                    d.refused = true;
+                }
                 self.refused = Some(format!("refused by node {peer}: {why}"));
                 Err(why)
             }
@@ -516,7 +560,7 @@ impl Peers {
 
     fn connection_trouble(&mut self, peer: NodeId, now: Instant, reason: &str) {
         let Some(d) = self.dialers.get_mut(&peer) else { return };
-        let delay = d.backoff.next_delay();
+        let delay = if d.refused { REFUSED_RETRY } else { d.backoff.next_delay() };
         d.retry_at = Some(now + delay);
         if d.warned {
             log::debug!("node {}: connection to {peer}: {reason}; retry in {delay:?}", self.me.id);
@@ -529,6 +573,10 @@ impl Peers {
     /// An outbound connection completed its handshake: the trouble episode is over.
     fn on_connected(&mut self, peer: NodeId) {
         if let Some(d) = self.dialers.get_mut(&peer) {
+            if d.refused {
+                // A handshake, but the refusal comes next: not reachable in any useful way.
+                return;
+            }
             if d.warned {
                 log::info!("node {}: node {peer} reachable again", self.me.id);
             }
