@@ -1,4 +1,5 @@
-//! The Raft protocol as a sans-IO state machine.
+//! **Advanced layer.** The Raft protocol as a sans-IO state machine (most users need only
+//! the crate root: [`crate::Node`], [`crate::Client`], [`crate::StateMachine`]).
 //!
 //! [`Raft`] owns one server's protocol state and nothing else: no threads, sockets,
 //! clocks or files. The driver feeds it inputs — [`Raft::tick`], [`Raft::step`],

@@ -1,4 +1,4 @@
-//! One server, sans-IO: the Raft core, its [`Storage`], the user's state machine, the
+//! **Advanced layer.** One server, sans-IO: the Raft core, its [`Storage`], the user's state machine, the
 //! applied index, and every client request waiting for an answer.
 //!
 //! The replica decides what each client is told; its drivers (the mio runtime, the

@@ -1,4 +1,4 @@
-//! Where a replica keeps what Raft requires to survive a crash (Figure 2's persistent
+//! **Advanced layer.** Where a replica keeps what Raft requires to survive a crash (Figure 2's persistent
 //! state): the hard state and the log.
 //!
 //! A [`Storage`] takes writes in batches, one per core [`crate::core::Ready`] that has

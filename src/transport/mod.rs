@@ -1,4 +1,5 @@
-//! TCP transport: framing, handshake and non-blocking connections for a mio event loop.
+//! **Advanced layer.** TCP transport: framing, handshake and non-blocking connections for
+//! a mio event loop (nodes and [`crate::RemoteClient`] use it; applications need not).
 //!
 //! Wire format: every frame is a 4-byte big-endian body length followed by one
 //! MessagePack value (see [`encode_frame`] and [`FrameDecoder`]). The first frame each side
