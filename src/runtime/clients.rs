@@ -22,6 +22,9 @@ const CLIENT_CONNS_MAX: usize = 1024;
 /// Most requests one connection may have unanswered; more are answered `Busy` at once, so
 /// one client cannot fill the node's memory with waiting requests.
 const IN_FLIGHT_PER_CLIENT_MAX: usize = 4096;
+/// Most requests all remote clients together may have unanswered (each holds a pending
+/// entry on the node); more are answered `Busy` at once.
+const IN_FLIGHT_TOTAL_MAX: usize = 65_536;
 /// Longest wait a remote client may ask for.
 const REMOTE_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
 
@@ -40,11 +43,14 @@ pub(crate) struct Clients {
     outbox: Outbox,
     /// Connections whose read budget ran out: read again without waiting for an event.
     unread: Vec<Token>,
+    /// Requests read and not yet answered, over every connection (closed ones too: their
+    /// answers still come). Invariant: one answer per request read.
+    in_flight: usize,
 }
 
 impl Clients {
     pub fn new(node: u64) -> Clients {
-        Clients { node, conns: HashMap::new(), outbox: Outbox::default(), unread: Vec::new() }
+        Clients { node, conns: HashMap::new(), outbox: Outbox::default(), unread: Vec::new(), in_flight: 0 }
     }
 
     pub fn contains(&self, token: Token) -> bool {
@@ -127,11 +133,14 @@ impl Clients {
             c.last_active = now;
         }
         for frame in frames {
-            if c.in_flight >= IN_FLIGHT_PER_CLIENT_MAX {
+            // Every frame gets exactly one answer, which `flush_all` counts off.
+            let busy = c.in_flight >= IN_FLIGHT_PER_CLIENT_MAX || self.in_flight >= IN_FLIGHT_TOTAL_MAX;
+            c.in_flight += 1;
+            self.in_flight += 1;
+            if busy {
                 self.outbox.lock().push((token, ClientResponse { id: frame.id, result: Err(WireError::Busy) }));
                 continue;
             }
-            c.in_flight += 1;
             match to_request::<M>(token, frame, &self.outbox) {
                 Ok(request) => requests.push(request),
                 Err((id, e)) => self.outbox.lock().push((token, ClientResponse { id, result: Err(e.into()) })),
@@ -156,9 +165,11 @@ impl Clients {
         }
         let mut touched = Vec::new();
         for (token, response) in replies {
+            debug_assert!(self.in_flight > 0, "an answer to a request never read");
+            self.in_flight -= 1;
             // The client may have gone meanwhile: its replies have nowhere to go.
             let Some(c) = self.conns.get_mut(&token) else { continue };
-            c.in_flight = c.in_flight.saturating_sub(1);
+            c.in_flight -= 1;
             if let Err(e) = c.conn.queue(&response) {
                 // Too much unsent (a client that stopped reading), or a reply too large.
                 self.close(registry, token, &format!("cannot queue a reply: {e}"));
