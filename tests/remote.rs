@@ -153,3 +153,33 @@ fn a_forwarding_client_on_a_follower_writes_through_the_leader() {
     assert_eq!(forwarding.without_session().write(Cmd::Put(21)).expect("forwarded, no session"), 21);
     cluster.await_applied_everywhere(&(1..=21).collect::<Vec<_>>());
 }
+
+/// The one case sessions exist for: a write applied, its answer lost with the connection.
+/// The client cannot tell, so it sends the write again (same session tag) once it
+/// reconnects; the node answers from its session table instead of applying it twice.
+#[test]
+fn a_write_whose_answer_was_lost_is_retried_and_applied_once() {
+    use support::cluster::HeldNode;
+    use support::proxy::{LinkMode, Proxy};
+    let cluster = Cluster::start(1);
+    cluster.stable_leader();
+    let node = cluster.client(1);
+    let proxy = Proxy::start(cluster.addrs[&1]);
+    let client = remote(&[proxy.addr()]);
+    assert_eq!(client.write(Cmd::Put(1)).unwrap(), 1); // registers the session too
+    let held = HeldNode::hold(&node); // the node reads nothing until released
+    let writer = {
+        let client = client.clone();
+        std::thread::spawn(move || client.write(Cmd::Put(2)))
+    };
+    let sent = proxy.bytes_forwarded();
+    wait_until("the write went through the proxy", || proxy.bytes_forwarded() > sent);
+    // (The request is one small frame, written at once: the proxy reads it in one chunk.)
+    proxy.set_mode(LinkMode::Drop); // the answer will be lost
+    held.release();
+    wait_until("the node applied the write", || node.read_local(|m: &Recorder| m.applied.len()).unwrap_or(0) == 2);
+    proxy.cut(); // the client sees its connection end without an answer
+    proxy.heal();
+    assert_eq!(writer.join().unwrap().expect("the retry is answered"), 2, "the first attempt's answer");
+    assert_eq!(node.read_local(|m: &Recorder| m.applied.clone()).unwrap(), vec![1, 2], "applied once");
+}
