@@ -183,3 +183,25 @@ fn a_write_whose_answer_was_lost_is_retried_and_applied_once() {
     assert_eq!(writer.join().unwrap().expect("the retry is answered"), 2, "the first attempt's answer");
     assert_eq!(node.read_local(|m: &Recorder| m.applied.clone()).unwrap(), vec![1, 2], "applied once");
 }
+
+/// A connection gone silent (a node dead without a word, a black-holed link) costs a
+/// write one attempt's timeout, not its whole timeout: the client moves on to the next
+/// address.
+#[test]
+fn a_silent_connection_is_left_after_one_attempt() {
+    use support::proxy::{LinkMode, Proxy};
+    let cluster = Cluster::start(1);
+    cluster.stable_leader();
+    let proxy = Proxy::start(cluster.addrs[&1]);
+    let client: RemoteClient<Recorder> = RemoteOptions::new([proxy.addr(), cluster.addrs[&1]])
+        .timeout(PATIENCE)
+        .attempt_timeout(Duration::from_millis(300))
+        .connect()
+        .expect("connect through the proxy");
+    assert_eq!(client.write(Cmd::Put(1)).unwrap(), 1);
+    proxy.set_mode(LinkMode::Drop);
+    let started = std::time::Instant::now();
+    assert_eq!(client.write(Cmd::Put(2)).expect("written through the other address"), 2);
+    assert!(started.elapsed() < PATIENCE / 2, "it waited out {:?}", started.elapsed());
+    assert_eq!(cluster.client(1).read(|m: &Recorder| m.applied.clone()).unwrap(), vec![1, 2]);
+}

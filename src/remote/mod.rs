@@ -37,6 +37,7 @@ pub struct RemoteOptions {
     addrs: Vec<SocketAddr>,
     link: LinkConfig,
     timeout: Duration,
+    attempt_timeout: Duration,
 }
 
 impl RemoteOptions {
@@ -53,6 +54,7 @@ impl RemoteOptions {
                 max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             },
             timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(2),
         }
     }
 
@@ -72,6 +74,16 @@ impl RemoteOptions {
     /// How long each call waits in all, retries included (default 5 s).
     pub fn timeout(mut self, timeout: Duration) -> RemoteOptions {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long one attempt of a call that is safe to repeat (a write with a session, a
+    /// read) waits for its answer before the client gives up on that connection and tries
+    /// again, at the leader it knows or another node (default 2 s): a node that died
+    /// without closing its connections is then left behind without waiting out the whole
+    /// timeout.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> RemoteOptions {
+        self.attempt_timeout = timeout;
         self
     }
 
@@ -262,15 +274,17 @@ impl Shared {
         let mut backoff = Duration::from_millis(1);
         loop {
             let link = self.link(deadline)?;
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let next = match link.send(make(remaining)) {
+            let now = Instant::now();
+            // A call that may be repeated gives each attempt less than the whole deadline.
+            let attempt_deadline = if safe { deadline.min(now + self.options.attempt_timeout) } else { deadline };
+            let next = match link.send(make(attempt_deadline.saturating_duration_since(now))) {
                 Err(e) => {
                     // Not sent whole: the node never read it.
                     log::debug!("remote client: cannot send to node {}: {e}", link.node);
                     self.move_on(&link, None);
                     Next::Retry
                 }
-                Ok(in_flight) => self.judge(&link, &in_flight, deadline),
+                Ok(in_flight) => self.judge(&link, &in_flight, attempt_deadline),
             };
             match next {
                 Next::Done(result) => return result,
@@ -309,7 +323,11 @@ impl Shared {
                 Next::Uncertain(e.into())
             }
             Outcome::Answered(Err(e)) => Next::Done(Err(e.into())),
-            Outcome::TimedOut => Next::Uncertain(Error::Timeout),
+            Outcome::TimedOut => {
+                // Silent past the attempt's deadline: the node may be gone without a word.
+                self.move_on(link, None);
+                Next::Uncertain(Error::Timeout)
+            }
             Outcome::Lost => {
                 self.move_on(link, None);
                 Next::Uncertain(Error::LeadershipLost)
