@@ -310,6 +310,7 @@ fn run_cluster(nodes: usize, data_dir: Option<PathBuf>, pass_on: &[String]) -> R
     let addrs = free_ports(2 * nodes)?;
     let (raft, resp) = addrs.split_at(nodes);
     let mut children = Children(Vec::new());
+    let mut stdins = Vec::new();
     let (ready_tx, ready) = std::sync::mpsc::channel();
     for i in 0..nodes {
         let id = i + 1;
@@ -325,6 +326,8 @@ fn run_cluster(nodes: usize, data_dir: Option<PathBuf>, pass_on: &[String]) -> R
         cmd.args(pass_on).arg("--exit-on-stdin-eof");
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
         let stdout = child.stdout.take().expect("piped");
+        // Kept open until we exit (`Child::wait` would close it, ending the child).
+        stdins.push(child.stdin.take().expect("piped"));
         children.0.push(child);
         let ready_tx = ready_tx.clone();
         std::thread::spawn(move || echo_lines(id, stdout, ready_tx));
@@ -344,6 +347,7 @@ fn run_cluster(nodes: usize, data_dir: Option<PathBuf>, pass_on: &[String]) -> R
     for child in &mut children.0 {
         let _ = child.wait();
     }
+    drop(stdins);
     Ok(())
 }
 
