@@ -35,6 +35,10 @@ const BATCH_COMMANDS_MAX: usize = 1024;
 const OUT_FLUSH_BYTES: usize = 1 << 20;
 /// A client that does not take its replies for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long, and how many bytes, a connection closed for a protocol error still reads
+/// (and drops) so that its client gets the error rather than a reset.
+const LINGER: Duration = Duration::from_millis(200);
+const LINGER_BYTES_MAX: usize = 1 << 20;
 /// How long connecting to the leader's client port may take when forwarding.
 const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A forwarded command waits for the leader's reply this much longer than the leader's
@@ -190,9 +194,7 @@ impl Connection {
                 return;
             }
             if let Some(e) = broken {
-                resp::error(&mut self.out, &format!("ERR Protocol error: {}", e.0));
-                self.flush();
-                return;
+                return self.refuse(&format!("ERR Protocol error: {}", e.0));
             }
             if self.flush() == Flow::Close {
                 return;
@@ -204,18 +206,14 @@ impl Connection {
                 continue;
             }
             if pending >= REQUEST_BYTES_MAX {
-                resp::error(&mut self.out, &format!("ERR Protocol error: request larger than {REQUEST_BYTES_MAX} bytes"));
-                self.flush();
-                return;
+                return self.refuse(&format!("ERR Protocol error: request larger than {REQUEST_BYTES_MAX} bytes"));
             }
             let timeout = if pending > 0 {
                 let since = *partial_since.get_or_insert_with(Instant::now);
                 let left = self.server.options.command_timeout.saturating_sub(since.elapsed());
                 if left.is_zero() {
                     let ms = self.server.options.command_timeout.as_millis();
-                    resp::error(&mut self.out, &format!("ERR Protocol error: command not completed within {ms} ms"));
-                    self.flush();
-                    return;
+                    return self.refuse(&format!("ERR Protocol error: command not completed within {ms} ms"));
                 }
                 Some(left)
             } else {
@@ -236,6 +234,30 @@ impl Connection {
                 // is up. Nothing in progress: the idle timeout passed.
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) && pending > 0 => {}
                 Err(_) => return,
+            }
+        }
+    }
+
+    /// Answers the error `text` after the replies waiting, and closes the connection
+    /// gracefully: our side first, then reading (and dropping) what the client still
+    /// sends for a moment. Closing with unread input would send a reset, which can make
+    /// the client lose the error before reading it.
+    fn refuse(mut self, text: &str) {
+        resp::error(&mut self.out, text);
+        if self.flush() == Flow::Close || self.stream.shutdown(std::net::Shutdown::Write).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + LINGER;
+        let mut discarded = 0;
+        let mut sink = [0u8; 16 << 10];
+        while discarded < LINGER_BYTES_MAX {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
+                return;
+            }
+            match io::Read::read(&mut self.stream, &mut sink) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
             }
         }
     }
