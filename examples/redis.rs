@@ -136,7 +136,11 @@ struct Options {
 enum Mode {
     Node(Box<Options>),
     /// `--cluster N`, with the options passed on to every child.
-    Cluster { nodes: usize, data_dir: Option<PathBuf>, pass_on: Vec<String> },
+    Cluster {
+        nodes: usize,
+        data_dir: Option<PathBuf>,
+        pass_on: Vec<String>,
+    },
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {

@@ -131,7 +131,12 @@ fn run_script_pipelined(con: &mut redis::Connection, node: &str) {
     let replies: Vec<RedisResult<Value>> = pipe.ignore_errors().query(con).expect("the pipeline");
     assert_eq!(replies.len(), script.len());
     for ((args, expected), reply) in script.iter().zip(&replies) {
-        assert_eq!(show(reply).trim_end(), *expected, "{node}, pipelined: {:?}", String::from_utf8_lossy(&args.concat()));
+        assert_eq!(
+            show(reply).trim_end(),
+            *expected,
+            "{node}, pipelined: {:?}",
+            String::from_utf8_lossy(&args.concat())
+        );
     }
 }
 
@@ -297,7 +302,11 @@ fn malformed_resp_gets_an_error_and_a_closed_connection_and_harms_nothing() {
         ("bulk without CRLF", b"*1\r\n$4\r\nPINGxx".to_vec(), error("expected CRLF after a bulk string")),
         ("binary junk", too_big_inline, error("too big inline request")),
         ("unbalanced quotes", b"SET a \"b\r\n".to_vec(), error("unbalanced quotes in request")),
-        ("served, then refused", b"PING\r\n*0\r\n*-1\r\n*x\r\n".to_vec(), [&b"+PONG\r\n"[..], &error("invalid multibulk length")].concat()),
+        (
+            "served, then refused",
+            b"PING\r\n*0\r\n*-1\r\n*x\r\n".to_vec(),
+            [&b"+PONG\r\n"[..], &error("invalid multibulk length")].concat(),
+        ),
     ];
     for (name, request, expected) in cases {
         let mut stream = TcpStream::connect(cluster.addr(node)).unwrap();

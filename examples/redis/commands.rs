@@ -96,7 +96,9 @@ fn parse_known(name: &str, mut args: Vec<Vec<u8>>) -> Result<Cmd, String> {
             Cmd::Write(Write::IncrBy { key: bytes(take(&mut args)), by })
         }
         "mget" => Cmd::Read(Read::MGet(args)),
-        "mset" if args.len() % 2 != 0 => return Err("ERR wrong number of arguments for 'mset' command".into()),
+        "mset" if !args.len().is_multiple_of(2) => {
+            return Err("ERR wrong number of arguments for 'mset' command".into());
+        }
         "mset" => {
             let mut pairs = Vec::with_capacity(args.len() / 2);
             let mut args = args.into_iter();

@@ -217,7 +217,8 @@ fn count_line(avail: &[u8], what: &str) -> Result<Option<(i64, usize)>, Protocol
         }
         return Ok(None);
     };
-    let digits = avail[1..newline].strip_suffix(b"\r").ok_or_else(|| ProtocolError(format!("invalid {what} length")))?;
+    let digits =
+        avail[1..newline].strip_suffix(b"\r").ok_or_else(|| ProtocolError(format!("invalid {what} length")))?;
     let n = parse_i64(digits).ok_or_else(|| ProtocolError(format!("invalid {what} length")))?;
     Ok(Some((n, newline + 1)))
 }

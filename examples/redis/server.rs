@@ -427,7 +427,9 @@ impl Connection {
     fn redirected(&mut self, leader: Option<Peer>, args: &[Args], write: bool) {
         let reply = match leader.map(|p| (p.id, self.server.client_addr_of(p.id))) {
             None => "CLUSTERDOWN no leader".to_string(),
-            Some((id, None)) => format!("CLUSTERDOWN the leader, node {id}, has no known client address (--client-peer)"),
+            Some((id, None)) => {
+                format!("CLUSTERDOWN the leader, node {id}, has no known client address (--client-peer)")
+            }
             Some((_, Some(addr))) if self.server.options.redirect => format!("MOVED 0 {addr}"),
             Some((id, Some(_))) if self.forwarded => {
                 format!("TRYAGAIN node {id} leads now; the command was not applied")
@@ -452,7 +454,8 @@ impl Connection {
         };
         let keys = client.read_local(|store: &Store| store.map.len()).unwrap_or(0);
         let wants = |name: &str| {
-            sections.is_empty() || sections.iter().any(|s| s == name || s == "all" || s == "everything" || s == "default")
+            sections.is_empty()
+                || sections.iter().any(|s| s == name || s == "all" || s == "everything" || s == "default")
         };
         let mut text = String::new();
         if wants("server") {
@@ -488,7 +491,10 @@ impl Connection {
         let leader = status.leader.map_or_else(String::new, |id| id.to_string());
         text.push_str(&format!("raft_role:{}\r\nraft_id:{}\r\nraft_term:{}\r\n", status.role, status.id, status.term));
         text.push_str(&format!("raft_leader_id:{leader}\r\nraft_leader_addr:{}\r\n", addr_text(leader_addr)));
-        text.push_str(&format!("raft_commit_index:{}\r\nraft_applied_index:{}\r\n", status.commit_index, status.applied_index));
+        text.push_str(&format!(
+            "raft_commit_index:{}\r\nraft_applied_index:{}\r\n",
+            status.commit_index, status.applied_index
+        ));
         text.push_str(&format!("raft_last_log_index:{}\r\n", status.last_log_index));
         text.push_str(&format!("raft_members:{}\r\n", status.members.len()));
         for (i, m) in status.members.iter().enumerate() {
@@ -544,7 +550,15 @@ impl Forwarder {
     ///
     /// A failure answers the commands not yet answered with `-TRYAGAIN` (for writes: they
     /// may have been applied) and drops the connection.
-    fn forward(&mut self, id: NodeId, addr: SocketAddr, args: &[Args], write: bool, timeout: Duration, out: &mut Vec<u8>) {
+    fn forward(
+        &mut self,
+        id: NodeId,
+        addr: SocketAddr,
+        args: &[Args],
+        write: bool,
+        timeout: Duration,
+        out: &mut Vec<u8>,
+    ) {
         let mut answered = 0;
         let result = self.relay(id, addr, args, timeout, out, &mut answered);
         if let Err(e) = result {

@@ -86,7 +86,9 @@ impl StateMachine for Store {
     fn apply(&mut self, command: Write) -> Answer {
         match command {
             Write::Set { key, value, when, get } => self.set(key.into_vec(), value.into_vec(), when, get),
-            Write::Del(keys) => Answer::Int(keys.iter().filter(|k| self.map.remove(k.as_slice()).is_some()).count() as i64),
+            Write::Del(keys) => {
+                Answer::Int(keys.iter().filter(|k| self.map.remove(k.as_slice()).is_some()).count() as i64)
+            }
             Write::IncrBy { key, by } => self.incr_by(key.into_vec(), by),
             Write::MSet(pairs) => {
                 for (key, value) in pairs {
@@ -221,7 +223,10 @@ mod tests {
         assert_eq!(s.apply(set("k", "2", SetWhen::Absent, true)), Answer::Bulk(b("1")));
         assert_eq!(s.apply(set("k", "3", SetWhen::Always, true)), Answer::Bulk(b("1")));
         assert_eq!(s.apply(Write::IncrBy { key: b("k"), by: 4 }), Answer::Int(7));
-        assert_eq!(s.apply(Write::IncrBy { key: b("k"), by: i64::MAX }), Answer::Error("ERR increment or decrement would overflow".into()));
+        assert_eq!(
+            s.apply(Write::IncrBy { key: b("k"), by: i64::MAX }),
+            Answer::Error("ERR increment or decrement would overflow".into())
+        );
         assert_eq!(s.apply(Write::Append { key: b("k"), value: b("x") }), Answer::Int(2));
         assert_eq!(s.apply(Write::IncrBy { key: b("k"), by: 1 }), Answer::Error(NOT_AN_INTEGER.into()));
         assert_eq!(s.apply(Write::Cas { key: b("k"), expected: b("7"), new: b("8") }), Answer::Int(0));

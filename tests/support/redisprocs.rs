@@ -114,7 +114,8 @@ impl RedisCluster {
     }
 
     fn agreed_leader(&self) -> Option<usize> {
-        let field = |info: &[(String, String)], name: &str| info.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let field =
+            |info: &[(String, String)], name: &str| info.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let mut leader = None;
         for id in self.alive() {
             let info = self.replication(id)?;
