@@ -323,7 +323,8 @@ impl Connection {
     fn writes(&mut self, run: Vec<(Args, Write)>) {
         let client = &self.server.client;
         let (args, writes): (Vec<Args>, Vec<Write>) = run.into_iter().unzip();
-        let results: Vec<Result<Answer, Error>> = if writes.len() == 1 {
+        let alone = writes.len() == 1;
+        let results: Vec<Result<Answer, Error>> = if alone {
             writes.into_iter().map(|w| client.write(w)).collect()
         } else {
             let mut refused = false;
@@ -336,13 +337,15 @@ impl Connection {
                         return Err(Error::Busy);
                     }
                     let submitted = client.submit(w);
-                    refused = submitted.is_err();
+                    // (A write refused for its own sake, as too large, stops nothing.)
+                    refused = matches!(submitted, Err(Error::Busy | Error::Stopped | Error::StorageFailed(_)));
                     submitted
                 })
                 .collect();
             pending.into_iter().map(|p| p.and_then(|p| p.wait())).collect()
         };
-        self.settle_writes(&args, results, true);
+        // `Client::write` retried a dropped write already, until its timeout.
+        self.settle_writes(&args, results, !alone);
     }
 
     /// Answers a run of writes from their results. Those that certainly did not apply
@@ -350,8 +353,7 @@ impl Connection {
     /// or retried here) if no later write of the run applied or may have: sending one
     /// again after a later one applied would reorder this client's writes. Earlier ones
     /// are answered `-TRYAGAIN` (not applied).
-    /// `retry`: whether a `Dropped` write may be retried (once: `Client::write` retried it
-    /// already, until its timeout).
+    /// `retry`: whether a `Dropped` write may be sent again (once).
     fn settle_writes(&mut self, args: &[Args], results: Vec<Result<Answer, Error>>, retry: bool) {
         let certain_failure = |r: &Result<Answer, Error>| matches!(r, Err(e) if !e.is_indeterminate());
         let retry_from = results.iter().rposition(|r| !certain_failure(r)).map_or(0, |last_maybe| last_maybe + 1);
@@ -536,6 +538,13 @@ struct Forwarder {
     conn: Option<LeaderConn>,
 }
 
+/// How far a relay got: commands sent (maybe partly), and answered.
+#[derive(Default)]
+struct Progress {
+    sent: usize,
+    answered: usize,
+}
+
 struct LeaderConn {
     id: NodeId,
     addr: SocketAddr,
@@ -559,14 +568,19 @@ impl Forwarder {
         timeout: Duration,
         out: &mut Vec<u8>,
     ) {
-        let mut answered = 0;
-        let result = self.relay(id, addr, args, timeout, out, &mut answered);
+        let mut progress = Progress::default();
+        let result = self.relay(id, addr, args, timeout, out, &mut progress);
         if let Err(e) = result {
             self.conn = None;
-            let effect = if write { "; the command may have been applied" } else { "" };
-            let text = format!("TRYAGAIN forwarding to the leader, node {id} at {addr}, failed: {e}{effect}");
-            for _ in answered..args.len() {
-                resp::error(out, &text);
+            let failed = format!("TRYAGAIN forwarding to the leader, node {id} at {addr}, failed: {e}");
+            for i in progress.answered..args.len() {
+                // Only a write that (maybe partly) left may have reached the leader.
+                let effect = match (write, i < progress.sent) {
+                    (false, _) => "",
+                    (true, true) => "; the command may have been applied",
+                    (true, false) => "; the command was not applied",
+                };
+                resp::error(out, &format!("{failed}{effect}"));
             }
         }
     }
@@ -578,7 +592,7 @@ impl Forwarder {
         args: &[Args],
         timeout: Duration,
         out: &mut Vec<u8>,
-        answered: &mut usize,
+        progress: &mut Progress,
     ) -> io::Result<()> {
         let conn = self.connect(id, addr, timeout)?;
         let mut request = Vec::new();
@@ -590,6 +604,7 @@ impl Forwarder {
                 resp::command(&mut request, &args[next]);
                 next += 1;
             }
+            progress.sent = next;
             conn.writer.write_all(&request)?;
             for _ in first..next {
                 let whole = out.len();
@@ -597,7 +612,7 @@ impl Forwarder {
                     out.truncate(whole); // No half reply.
                     return Err(e);
                 }
-                *answered += 1;
+                progress.answered += 1;
             }
         }
         Ok(())
