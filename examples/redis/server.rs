@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use quorate::{Client, Error, NodeId, Peer, Role};
 
 use crate::commands::{self, Cmd, FORWARDED};
-use crate::resp::{self, Args, REQUEST_BYTES_MAX, RequestParser};
+use crate::resp::{self, Args, ProtocolError, REQUEST_BYTES_MAX, RequestParser};
 use crate::store::{Answer, Read, Store, Write};
 
 /// Most client connections served at once; more are answered with an error and closed.
@@ -35,8 +35,8 @@ const BATCH_COMMANDS_MAX: usize = 1024;
 const OUT_FLUSH_BYTES: usize = 1 << 20;
 /// A client that does not take its replies for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long, and how many bytes, a connection closed for a protocol error still reads
-/// (and drops) so that its client gets the error rather than a reset.
+/// How long, and how many bytes, a closing connection still reads (and drops) so that
+/// its client gets the last replies rather than a reset.
 const LINGER: Duration = Duration::from_millis(200);
 const LINGER_BYTES_MAX: usize = 1 << 20;
 /// How long connecting to the leader's client port may take when forwarding.
@@ -175,23 +175,11 @@ impl Connection {
         let mut partial_since: Option<Instant> = None;
         let mut read_timeout: Option<Option<Duration>> = None;
         loop {
-            let mut batch = Vec::new();
-            let mut broken = None;
-            while batch.len() < BATCH_COMMANDS_MAX {
-                match self.parser.next_command() {
-                    Ok(Some(args)) => batch.push(args),
-                    Ok(None) => break,
-                    Err(e) => {
-                        broken = Some(e);
-                        break;
-                    }
-                }
-            }
+            let (batch, broken) = self.take_batch();
             let parsed = !batch.is_empty();
             // Commands before a protocol error are served, as Redis does.
             if parsed && self.execute(batch) == Flow::Close {
-                self.flush();
-                return;
+                return self.close();
             }
             if let Some(e) = broken {
                 return self.refuse(&format!("ERR Protocol error: {}", e.0));
@@ -205,20 +193,9 @@ impl Connection {
                 partial_since = (pending > 0).then(Instant::now);
                 continue;
             }
-            if pending >= REQUEST_BYTES_MAX {
-                return self.refuse(&format!("ERR Protocol error: request larger than {REQUEST_BYTES_MAX} bytes"));
-            }
-            let timeout = if pending > 0 {
-                let since = *partial_since.get_or_insert_with(Instant::now);
-                let left = self.server.options.command_timeout.saturating_sub(since.elapsed());
-                if left.is_zero() {
-                    let ms = self.server.options.command_timeout.as_millis();
-                    return self.refuse(&format!("ERR Protocol error: command not completed within {ms} ms"));
-                }
-                Some(left)
-            } else {
-                partial_since = None;
-                self.server.options.idle_timeout
+            let timeout = match self.read_timeout(pending, &mut partial_since) {
+                Ok(timeout) => timeout,
+                Err(why) => return self.refuse(&format!("ERR Protocol error: {why}")),
             };
             if read_timeout != Some(timeout) {
                 if self.stream.set_read_timeout(timeout).is_err() {
@@ -230,7 +207,7 @@ impl Connection {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // A command in progress: the loop above closes the connection if its time
+                // A command in progress: `read_timeout` closes the connection if its time
                 // is up. Nothing in progress: the idle timeout passed.
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) && pending > 0 => {}
                 Err(_) => return,
@@ -238,12 +215,49 @@ impl Connection {
         }
     }
 
-    /// Answers the error `text` after the replies waiting, and closes the connection
-    /// gracefully: our side first, then reading (and dropping) what the client still
-    /// sends for a moment. Closing with unread input would send a reset, which can make
-    /// the client lose the error before reading it.
+    /// The whole commands already received (at most [`BATCH_COMMANDS_MAX`]), and the
+    /// protocol error that stopped parsing, if one did.
+    fn take_batch(&mut self) -> (Vec<Args>, Option<ProtocolError>) {
+        let mut batch = Vec::new();
+        while batch.len() < BATCH_COMMANDS_MAX {
+            match self.parser.next_command() {
+                Ok(Some(args)) => batch.push(args),
+                Ok(None) => break,
+                Err(e) => return (batch, Some(e)),
+            }
+        }
+        (batch, None)
+    }
+
+    /// How long the next read may wait: the rest of the command timeout while `pending`
+    /// bytes of a command are in (an error once it is over, or once the command is too
+    /// large), else the idle timeout.
+    fn read_timeout(&self, pending: usize, partial_since: &mut Option<Instant>) -> Result<Option<Duration>, String> {
+        if pending == 0 {
+            *partial_since = None;
+            return Ok(self.server.options.idle_timeout);
+        }
+        if pending >= REQUEST_BYTES_MAX {
+            return Err(format!("request larger than {REQUEST_BYTES_MAX} bytes"));
+        }
+        let since = *partial_since.get_or_insert_with(Instant::now);
+        let left = self.server.options.command_timeout.saturating_sub(since.elapsed());
+        if left.is_zero() {
+            return Err(format!("command not completed within {} ms", self.server.options.command_timeout.as_millis()));
+        }
+        Ok(Some(left))
+    }
+
+    /// Answers the error `text` after the replies waiting, and closes the connection.
     fn refuse(mut self, text: &str) {
         resp::error(&mut self.out, text);
+        self.close();
+    }
+
+    /// Writes the replies waiting and closes the connection gracefully: our side first,
+    /// then reading (and dropping) what the client still sends for a moment. Closing with
+    /// unread input would send a reset, which can make the client lose its last replies.
+    fn close(mut self) {
         if self.flush() == Flow::Close || self.stream.shutdown(std::net::Shutdown::Write).is_err() {
             return;
         }
