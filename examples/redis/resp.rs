@@ -2,8 +2,9 @@
 //! inline commands), a reply copier for relaying a leader's replies, and reply encoders.
 //!
 //! Every size read from the wire is checked against a named bound before anything is
-//! allocated for it, so no input can make the server allocate more than
-//! [`REQUEST_BYTES_MAX`] (plus one read chunk) per connection, or panic.
+//! allocated for it, so no input can make the server panic, or hold more than about three
+//! times [`REQUEST_BYTES_MAX`] per connection (the arguments parsed so far, and a buffer at
+//! most twice the unparsed rest: it is compacted once more than half is consumed).
 
 use std::io::{self, BufRead};
 
@@ -63,9 +64,12 @@ struct Partial {
 /// command received in many reads is scanned once, not once per read.
 #[derive(Default)]
 pub struct RequestParser {
+    /// Received bytes are `buf[start..end]`; the rest is room for the next read (zeroed
+    /// once when the buffer grows, not on every read).
     buf: Vec<u8>,
-    /// Bytes of `buf` before this are consumed. Invariant: start <= buf.len().
+    /// Bytes of `buf` before this are consumed. Invariant: start <= end <= buf.len().
     start: usize,
+    end: usize,
     partial: Option<Partial>,
 }
 
@@ -73,33 +77,35 @@ impl RequestParser {
     /// Reads once from `from` into the buffer; returns the bytes read (0: end of input).
     pub fn read_from(&mut self, from: &mut impl io::Read) -> io::Result<usize> {
         self.compact();
-        let old = self.buf.len();
-        self.buf.resize(old + READ_CHUNK_BYTES, 0);
-        let result = from.read(&mut self.buf[old..]);
-        self.buf.truncate(old + *result.as_ref().unwrap_or(&0));
-        result
+        if self.buf.len() - self.end < READ_CHUNK_BYTES {
+            self.buf.resize(self.end + READ_CHUNK_BYTES, 0);
+        }
+        let n = from.read(&mut self.buf[self.end..self.end + READ_CHUNK_BYTES])?;
+        self.end += n;
+        Ok(n)
     }
 
     /// Appends bytes already read (for tests and callers with their own buffers).
     #[cfg(test)]
     pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.truncate(self.end);
         self.buf.extend_from_slice(bytes);
+        self.end = self.buf.len();
     }
 
     /// Bytes of the command being received (unparsed input and parsed arguments). A
     /// connection stops reading once this reaches [`REQUEST_BYTES_MAX`].
     pub fn pending_bytes(&self) -> usize {
-        self.buf.len() - self.start + self.partial.as_ref().map_or(0, |p| p.bytes)
+        self.end - self.start + self.partial.as_ref().map_or(0, |p| p.bytes)
     }
 
     /// Drops consumed bytes once they are most of the buffer, so it does not grow forever.
     fn compact(&mut self) {
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > READ_CHUNK_BYTES && self.start * 2 > self.buf.len() {
-            self.buf.drain(..self.start);
-            self.start = 0;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.start > READ_CHUNK_BYTES && self.start * 2 > self.end {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
         }
     }
 
@@ -107,7 +113,7 @@ impl RequestParser {
     pub fn next_command(&mut self) -> Result<Option<Args>, ProtocolError> {
         loop {
             if self.partial.is_none() {
-                let avail = &self.buf[self.start..];
+                let avail = &self.buf[self.start..self.end];
                 match avail.first() {
                     None => return Ok(None),
                     Some(b'*') => {
@@ -135,7 +141,7 @@ impl RequestParser {
 
     /// Parses a `*<count>` header; false if it is not complete yet.
     fn start_multibulk(&mut self) -> Result<bool, ProtocolError> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         let Some((count, used)) = count_line(avail, "multibulk")? else { return Ok(false) };
         self.start += used;
         match count {
@@ -156,7 +162,7 @@ impl RequestParser {
     fn more_bulks(&mut self) -> Result<bool, ProtocolError> {
         let partial = self.partial.as_mut().expect("a command in progress");
         while partial.remaining > 0 {
-            let avail = &self.buf[self.start..];
+            let avail = &self.buf[self.start..self.end];
             match avail.first() {
                 None => return Ok(false),
                 Some(b'$') => {}
@@ -190,7 +196,7 @@ impl RequestParser {
     /// Parses an inline command (a line of space-separated, possibly quoted words, as
     /// telnet and `redis-cli` in some modes send); `None` if the line is not complete.
     fn inline(&mut self) -> Result<Option<Args>, ProtocolError> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         let window = &avail[..avail.len().min(INLINE_BYTES_MAX)];
         let Some(end) = window.iter().position(|&b| b == b'\n') else {
             if avail.len() >= INLINE_BYTES_MAX {

@@ -5,8 +5,9 @@
 //! until the leader answers), so an event loop would need a worker pool and a hand-written
 //! state machine per connection to do the same. Threads keep each connection's code
 //! straight-line. They are bounded ([`CLIENTS_MAX`]), as is everything a connection holds:
-//! its input ([`REQUEST_BYTES_MAX`]), its output between flushes ([`OUT_FLUSH_BYTES`]),
-//! and the time a started command may take to arrive (`--command-timeout-ms`).
+//! its input (about 3 × [`REQUEST_BYTES_MAX`], see `resp.rs`), its output between
+//! flushes ([`OUT_FLUSH_BYTES`]), and the time a started command may take to arrive
+//! (`--command-timeout-ms`).
 //!
 //! Pipelining: each turn parses every whole command already read (up to
 //! [`BATCH_COMMANDS_MAX`]); consecutive writes are submitted together (`Client::submit`,
