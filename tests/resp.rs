@@ -156,6 +156,15 @@ fn every_command_on_the_leader_and_through_a_follower_pipelined_or_not() {
         let kept: (String, i64) = redis::pipe().get("kept").get("kept-n").query(&mut con).unwrap();
         assert_eq!(kept, ("yes".to_string(), 7));
     }
+    // A large binary value, written through the follower, read back everywhere.
+    let big: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let mut con = cluster.connect(follower).unwrap();
+    let _: () = redis::cmd("SET").arg("big").arg(big.as_slice()).query(&mut con).unwrap();
+    for id in [leader, follower] {
+        let mut con = cluster.connect(id).unwrap();
+        let (value, len): (Vec<u8>, usize) = redis::pipe().get("big").strlen("big").query(&mut con).unwrap();
+        assert!(value == big && len == big.len(), "node {id}: the large value differs");
+    }
     // Every node's INFO names the leader, its client address, and the members.
     for id in cluster.alive() {
         let info = cluster.replication(id).unwrap();
