@@ -56,10 +56,13 @@
 //! Raft log entry; reads are linearizable (ReadIndex on the leader) unless
 //! `--stale-reads`.
 //!
-//! A follower forwards what it cannot serve to the leader's client port (or answers
-//! `-MOVED 0 <leader's client address>` with `--redirect`). Errors: `-TRYAGAIN` when a
-//! write's outcome is unknown ("may have been applied") or leadership moved,
-//! `-CLUSTERDOWN no leader` during an election, `-BUSY` when the node's queue is full.
+//! A follower forwards what it cannot serve to the leader's client port, found through
+//! `--client-peer` (or answers `-MOVED 0 <leader's client address>` with `--redirect`).
+//! Each client connection keeps its own connection to the leader, introduced with the
+//! private command `QUORATE.FORWARDED`, so the leader never forwards those commands again
+//! (no chains, no loops while leadership moves). Errors: `-TRYAGAIN` when a write's
+//! outcome is unknown ("may have been applied") or leadership moved, `-CLUSTERDOWN no
+//! leader` during an election, `-BUSY` when the node's queue is full.
 //!
 //! Limits: arguments (so values) up to 4 MiB, a command up to 8 MiB, inline commands up
 //! to 64 KiB, 1024 clients (see `resp.rs` and `server.rs`). Malformed input gets
