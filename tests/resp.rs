@@ -7,6 +7,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::{RedisError, RedisResult, Value};
@@ -222,25 +223,58 @@ fn set_until_acknowledged(
     }
 }
 
-#[test]
-fn acknowledged_writes_survive_the_leader_being_killed() {
-    let mut cluster = RedisCluster::start(3, &[]);
-    let leader = cluster.await_leader(ELECTION_WITHIN);
-    let survivor = cluster.follower(leader);
+/// Writes through node `node` until `stop`: single SETs and pipelines of five in turn,
+/// each retried until acknowledged. Returns the acknowledged pairs; counts them in `acked`.
+fn write_until(cluster: &RedisCluster, node: usize, stop: &AtomicBool, acked: &AtomicUsize) -> Vec<(String, String)> {
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut con = None;
-    let mut acknowledged: Vec<(String, String)> = Vec::new();
-    // Single writes and pipelines of five, alternately; the leader dies after the 20th.
-    for round in 0..60 {
-        if round == 20 {
-            cluster.kill(leader);
+    let mut acknowledged = Vec::new();
+    for round in 0.. {
+        if stop.load(Ordering::SeqCst) {
+            break;
         }
         let size = if round % 2 == 0 { 1 } else { 5 };
         let pairs: Vec<(String, String)> =
-            (0..size).map(|i| (format!("key-{round}-{i}"), format!("value-{round}-{i}"))).collect();
-        set_until_acknowledged(&cluster, survivor, &mut con, &pairs, deadline);
+            (0..size).map(|i| (format!("key-{node}-{round}-{i}"), format!("value-{round}-{i}"))).collect();
+        set_until_acknowledged(cluster, node, &mut con, &pairs, deadline);
+        acked.fetch_add(pairs.len(), Ordering::SeqCst);
         acknowledged.extend(pairs);
     }
+    acknowledged
+}
+
+/// Waits until `counter` reaches `target`.
+fn await_count(counter: &AtomicUsize, target: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while counter.load(Ordering::SeqCst) < target {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {target} writes acknowledged in time",
+            counter.load(Ordering::SeqCst)
+        );
+        // Polling pace, not synchronisation.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_the_leader_being_killed() {
+    let cluster = RedisCluster::start(3, &[]);
+    let leader = cluster.await_leader(ELECTION_WITHIN);
+    let survivors: Vec<usize> = cluster.alive().into_iter().filter(|&id| id != leader).collect();
+    let (stop, acked) = (AtomicBool::new(false), AtomicUsize::new(0));
+    let (cluster_ref, stop_ref, acked_ref) = (&cluster, &stop, &acked);
+    // One writer through each survivor; the leader is killed while they write.
+    let acknowledged: Vec<(String, String)> = std::thread::scope(|s| {
+        let writers: Vec<_> =
+            survivors.iter().map(|&id| s.spawn(move || write_until(cluster_ref, id, stop_ref, acked_ref))).collect();
+        await_count(&acked, 60, Duration::from_secs(30));
+        cluster.kill(leader);
+        let at_kill = acked.load(Ordering::SeqCst);
+        await_count(&acked, at_kill + 120, Duration::from_secs(40));
+        stop.store(true, Ordering::SeqCst);
+        writers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
     let new_leader = cluster.await_leader(ELECTION_WITHIN);
     assert_ne!(new_leader, leader);
     for id in cluster.alive() {

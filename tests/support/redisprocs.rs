@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::examples::{example_binary, free_addrs};
@@ -27,7 +27,7 @@ pub struct RedisCluster {
     root: tempfile::TempDir,
     resp: Vec<SocketAddr>,
     /// `None` once killed.
-    children: Vec<Option<Child>>,
+    children: Vec<Mutex<Option<Child>>>,
 }
 
 impl RedisCluster {
@@ -59,7 +59,7 @@ impl RedisCluster {
                     }
                 }
             });
-            children.push(Some(child));
+            children.push(Mutex::new(Some(child)));
         }
         let cluster = RedisCluster { root, resp: resp.to_vec(), children };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -76,7 +76,7 @@ impl RedisCluster {
 
     /// Ids of the nodes not killed.
     pub fn alive(&self) -> Vec<usize> {
-        (1..=self.resp.len()).filter(|&id| self.children[id - 1].is_some()).collect()
+        (1..=self.resp.len()).filter(|&id| self.children[id - 1].lock().unwrap().is_some()).collect()
     }
 
     /// A Redis client connection to node `id`.
@@ -137,8 +137,8 @@ impl RedisCluster {
     }
 
     /// Kills node `id` with SIGKILL and reaps it.
-    pub fn kill(&mut self, id: usize) {
-        let mut child = self.children[id - 1].take().expect("node already killed");
+    pub fn kill(&self, id: usize) {
+        let mut child = self.children[id - 1].lock().unwrap().take().expect("node already killed");
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
     }
@@ -146,9 +146,11 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for child in self.children.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for child in &self.children {
+            if let Some(mut child) = child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
         if std::thread::panicking() {
             for id in 1..=self.resp.len() {
