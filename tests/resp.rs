@@ -407,3 +407,27 @@ fn redirect_mode_answers_moved_on_a_follower() {
     let value: String = redis::cmd("GET").arg("k").query(&mut con).unwrap();
     assert_eq!(value, "v");
 }
+
+#[test]
+fn stale_reads_are_served_by_a_follower_itself() {
+    let cluster = RedisCluster::start(3, &["--redirect", "--stale-reads"]);
+    let leader = cluster.await_leader(ELECTION_WITHIN);
+    let follower = cluster.follower(leader);
+    let mut con = cluster.connect(leader).unwrap();
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
+    // The follower answers reads from its own copy (no -MOVED), which catches up; writes
+    // still go to the leader.
+    let mut con = cluster.connect(follower).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let value: Option<String> = redis::cmd("GET").arg("k").query(&mut con).unwrap();
+        if value.as_deref() == Some("v") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower's copy never caught up");
+        // Polling pace, not synchronisation.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let error = redis::cmd("SET").arg("k").arg("w").query::<Value>(&mut con).unwrap_err();
+    assert_eq!(show_error(&error), format!("-MOVED 0 {}", cluster.addr(leader)));
+}
