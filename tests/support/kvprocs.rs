@@ -4,8 +4,8 @@
 //! processes and record every operation in a [`History`].
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use super::examples::{example_binary, free_addrs};
 use super::history::{History, Input, Output, Value};
 use super::kvclients::{is_list, next_input, remember};
 use super::sim::Rng;
@@ -27,19 +28,7 @@ const SNAPSHOT_EVERY: u64 = 40;
 
 /// Builds the `kv` example with the profile this test was built with, and returns its path.
 pub fn kv_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let target_dir = profile_dir.parent().expect("target dir");
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo.args(["build", "--example", "kv", "--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")]);
-    if !cfg!(debug_assertions) {
-        cargo.arg("--release");
-    }
-    let status = cargo.env("CARGO_TARGET_DIR", target_dir).status().expect("run cargo build");
-    assert!(status.success(), "cargo build --example kv failed");
-    let kv = profile_dir.join("examples").join(format!("kv{}", std::env::consts::EXE_SUFFIX));
-    assert!(kv.exists(), "{} missing after the build", kv.display());
-    kv
+    example_binary("kv")
 }
 
 /// One running `kv` process: its stdin, and its stdout lines.
@@ -73,10 +62,7 @@ pub struct KvProcs {
 impl KvProcs {
     pub fn start() -> KvProcs {
         let kv = kv_binary();
-        // Bound together so they differ, then released for the processes to bind.
-        let ls: Vec<TcpListener> = (0..NODES).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        let addrs: Vec<SocketAddr> = ls.iter().map(|l| l.local_addr().unwrap()).collect();
-        drop(ls);
+        let addrs = free_addrs(NODES as usize);
         let root = tempfile::tempdir().unwrap();
         let mut procs = KvProcs { kv, root, addrs, procs: Vec::new(), pids: Vec::new(), marks: AtomicU64::new(0) };
         for id in 1..=NODES {
