@@ -177,6 +177,12 @@ fn every_command_on_the_leader_and_through_a_follower_pipelined_or_not() {
         assert!(commit > 0 && commit >= info_field(&info, "raft_applied_index").parse::<u64>().unwrap());
         assert!(!info_field(&info, "raft_term").is_empty());
     }
+    // INFO stats: the leader's Raft counters moved with the writes above.
+    let stats = cluster.info(leader, "stats").unwrap();
+    for counter in ["raft_proposals", "raft_entries_committed", "raft_entries_applied", "raft_elections_won"] {
+        assert!(info_field(&stats, counter).parse::<u64>().unwrap() > 0, "{counter}: {stats:?}");
+    }
+    assert_eq!(stats.iter().filter(|(k, _)| k.starts_with("raft_peer")).count(), 2, "traffic per peer: {stats:?}");
     // QUIT answers, then the server closes the connection.
     let mut raw = TcpStream::connect(cluster.addr(follower)).unwrap();
     let (reply, closed) = exchange(&mut raw, b"QUIT\r\n");
@@ -357,6 +363,16 @@ fn malformed_resp_gets_an_error_and_a_closed_connection_and_harms_nothing() {
         assert_eq!(String::from_utf8_lossy(&reply), String::from_utf8_lossy(&expected), "{name}");
         assert!(closed, "{name}: the connection stayed open");
     }
+
+    // A node's (or a remote client's) handshake frame on the RESP port is not RESP: it is
+    // refused, and the connection closed, never taken for a peer.
+    let mut frame = Vec::new();
+    let handshake = quorate::transport::Handshake::new("quorate", 2).unwrap();
+    quorate::transport::encode_frame(&mut frame, &handshake, 4096).unwrap();
+    let mut stream = TcpStream::connect(cluster.addr(node)).unwrap();
+    let (reply, closed) = exchange(&mut stream, &frame);
+    assert!(closed, "a quorate frame left the RESP connection open");
+    assert!(reply.is_empty() || reply.starts_with(b"-ERR"), "{:?}", String::from_utf8_lossy(&reply));
 
     // Binary junk on a line is an unknown command, not a protocol error: the connection
     // stays usable.

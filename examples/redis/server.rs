@@ -485,6 +485,9 @@ impl Connection {
         if wants("replication") {
             text.push_str(&self.replication_info(&status));
         }
+        if wants("stats") {
+            text.push_str(&metrics_info(&status.metrics));
+        }
         if wants("keyspace") {
             text.push_str("# Keyspace\r\n");
             if keys > 0 {
@@ -527,6 +530,33 @@ impl Connection {
         text.push_str("\r\n");
         text
     }
+}
+
+/// `INFO stats`: the node's Raft counters ([`quorate::Metrics`]).
+fn metrics_info(m: &quorate::Metrics) -> String {
+    let mut text = String::from("# Stats\r\n");
+    for (name, value) in [
+        ("raft_proposals", m.proposals),
+        ("raft_entries_committed", m.entries_committed),
+        ("raft_entries_applied", m.entries_applied),
+        ("raft_elections_started", m.elections_started),
+        ("raft_elections_won", m.elections_won),
+        ("raft_leader_changes", m.leader_changes),
+        ("raft_snapshots_taken", m.snapshots_taken),
+        ("raft_snapshots_installed", m.snapshots_installed),
+        ("raft_snapshot_chunks_sent", m.snapshot_chunks_sent),
+        ("raft_log_fsyncs", m.log_syncs),
+    ] {
+        text.push_str(&format!("{name}:{value}\r\n"));
+    }
+    for (id, t) in &m.peers {
+        text.push_str(&format!(
+            "raft_peer{id}:messages_out={},bytes_out={},messages_in={},bytes_in={}\r\n",
+            t.messages_out, t.bytes_out, t.messages_in, t.bytes_in
+        ));
+    }
+    text.push_str("\r\n");
+    text
 }
 
 /// A quorate error as a Redis error reply's text, its code first. `write`: whether the

@@ -90,8 +90,13 @@ impl RedisCluster {
 
     /// Node `id`'s `INFO replication` fields, or `None` if it cannot be asked.
     pub fn replication(&self, id: usize) -> Option<Vec<(String, String)>> {
+        self.info(id, "replication")
+    }
+
+    /// `INFO <section>` of node `id`, as (field, value) pairs.
+    pub fn info(&self, id: usize, section: &str) -> Option<Vec<(String, String)>> {
         let mut con = self.connect(id).ok()?;
-        let text: String = redis::cmd("INFO").arg("replication").query(&mut con).ok()?;
+        let text: String = redis::cmd("INFO").arg(section).query(&mut con).ok()?;
         Some(
             text.lines()
                 .filter_map(|l| l.split_once(':'))
