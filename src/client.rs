@@ -151,7 +151,10 @@ impl<M: StateMachine> Client<M> {
     ) -> Result<M::Response> {
         let mut backoff = Duration::from_millis(1);
         loop {
-            let command = tag_encoded(session.tag(id, seq), body);
+            // Every attempt so far ended certain: if a clone replaced the session meanwhile,
+            // starting over in the new one is safe.
+            let Some(tag) = session.tag(id, seq) else { return Err(Error::SessionExpired) };
+            let command = tag_encoded(tag, body);
             let result = self.write_once(command, true, deadline);
             let no_leader = self.forward.is_some() && matches!(result, Err(Error::Redirect { leader: None }));
             let certain_retryable =

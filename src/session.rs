@@ -67,13 +67,16 @@ impl ClientSession {
         Some(seq)
     }
 
-    /// The tag for (another attempt of) sequence `seq`.
-    pub fn tag(&self, id: u64, seq: u64) -> SessionTag {
+    /// The tag for (another attempt of) sequence `seq` of session `id`, or `None` if the
+    /// session changed meanwhile (a clone saw it expire): the attempt must not be sent.
+    pub fn tag(&self, id: u64, seq: u64) -> Option<SessionTag> {
         let s = self.state.lock();
-        let acked = if s.id == Some(id) { s.outstanding.first().copied().unwrap_or(seq) } else { seq };
+        if s.id != Some(id) {
+            return None;
+        }
+        let acked = s.outstanding.first().copied().unwrap_or(seq);
         debug_assert!(acked <= seq, "the command being sent is outstanding");
-        debug_assert_eq!(s.id, Some(id), "tags are made for the current session");
-        SessionTag { session: id, secret: s.secret, seq, acked }
+        Some(SessionTag { session: id, secret: s.secret, seq, acked })
     }
 
     /// Sequence `seq` has its answer (or the caller gave up on it).

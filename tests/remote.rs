@@ -154,18 +154,15 @@ fn a_forwarding_client_on_a_follower_writes_through_the_leader() {
     cluster.await_applied_everywhere(&(1..=21).collect::<Vec<_>>());
 }
 
-/// The one case sessions exist for: a write applied, its answer lost with the connection.
-/// The client cannot tell, so it sends the write again (same session tag) once it
-/// reconnects; the node answers from its session table instead of applying it twice.
-#[test]
-fn a_write_whose_answer_was_lost_is_retried_and_applied_once() {
+/// Through `proxy` (to the one-node `cluster`'s node 1): writes Put(1), then Put(2) on
+/// a thread, which the node applies while the proxy drops its answer. Returns the thread.
+fn lose_answer(
+    cluster: &Cluster,
+    proxy: &support::proxy::Proxy,
+    client: &RemoteClient<Recorder>,
+) -> std::thread::JoinHandle<quorate::Result<usize>> {
     use support::cluster::HeldNode;
-    use support::proxy::{LinkMode, Proxy};
-    let cluster = Cluster::start(1);
-    cluster.stable_leader();
     let node = cluster.client(1);
-    let proxy = Proxy::start(cluster.addrs[&1]);
-    let client = remote(&[proxy.addr()]);
     assert_eq!(client.write(Cmd::Put(1)).unwrap(), 1); // registers the session too
     let held = HeldNode::hold(&node); // the node reads nothing until released
     let writer = {
@@ -173,15 +170,64 @@ fn a_write_whose_answer_was_lost_is_retried_and_applied_once() {
         std::thread::spawn(move || client.write(Cmd::Put(2)))
     };
     let sent = proxy.bytes_forwarded();
-    wait_until("the write went through the proxy", || proxy.bytes_forwarded() > sent);
     // (The request is one small frame, written at once: the proxy reads it in one chunk.)
-    proxy.set_mode(LinkMode::Drop); // the answer will be lost
+    wait_until("the write went through the proxy", || proxy.bytes_forwarded() > sent);
+    proxy.set_mode(support::proxy::LinkMode::Drop); // the answer will be lost
     held.release();
     wait_until("the node applied the write", || node.read_local(|m: &Recorder| m.applied.len()).unwrap_or(0) == 2);
+    writer
+}
+
+/// The one case sessions exist for: a write applied, its answer lost with the connection.
+/// The client cannot tell, so it sends the write again (same session tag) once it
+/// reconnects; the node answers from its session table instead of applying it twice.
+#[test]
+fn a_write_whose_answer_was_lost_is_retried_and_applied_once() {
+    let cluster = Cluster::start(1);
+    cluster.stable_leader();
+    let proxy = support::proxy::Proxy::start(cluster.addrs[&1]);
+    let client = remote(&[proxy.addr()]);
+    let writer = lose_answer(&cluster, &proxy, &client);
     proxy.cut(); // the client sees its connection end without an answer
     proxy.heal();
     assert_eq!(writer.join().unwrap().expect("the retry is answered"), 2, "the first attempt's answer");
-    assert_eq!(node.read_local(|m: &Recorder| m.applied.clone()).unwrap(), vec![1, 2], "applied once");
+    let applied = cluster.client(1).read_local(|m: &Recorder| m.applied.clone()).unwrap();
+    assert_eq!(applied, vec![1, 2], "applied once");
+}
+
+/// Found by review: after an attempt whose fate is unknown, the session is evicted, and a
+/// retry meets `SessionExpired`. Starting over in a new session would apply the command
+/// twice; the answer must be indeterminate instead.
+#[test]
+fn an_expired_session_after_an_uncertain_attempt_is_not_a_fresh_start() {
+    let cluster = Cluster::start_with(1, |c| c.session_limits(1, 10_000_000));
+    cluster.stable_leader();
+    let proxy = support::proxy::Proxy::start(cluster.addrs[&1]);
+    let client = remote(&[proxy.addr()]);
+    let writer = lose_answer(&cluster, &proxy, &client);
+    // Another session registers: with room for one, it evicts the writer's.
+    cluster.client(1).new_session().write(Cmd::Put(100)).unwrap();
+    proxy.cut();
+    proxy.heal();
+    let e = writer.join().unwrap().expect_err("no answer can be certain");
+    assert!(e.is_indeterminate(), "{e:?}");
+    let applied = cluster.client(1).read_local(|m: &Recorder| m.applied.clone()).unwrap();
+    assert_eq!(applied, vec![1, 2, 100], "Put(2) applied once");
+}
+
+/// Found by review: after an attempt whose fate is unknown, no node can be reached until
+/// the deadline. The error must not claim the write certainly had no effect.
+#[test]
+fn an_unreachable_cluster_after_an_uncertain_attempt_is_indeterminate() {
+    let cluster = Cluster::start(1);
+    cluster.stable_leader();
+    let proxy = support::proxy::Proxy::start(cluster.addrs[&1]);
+    let client: RemoteClient<Recorder> =
+        RemoteOptions::new([proxy.addr()]).timeout(Duration::from_secs(3)).connect().unwrap();
+    let writer = lose_answer(&cluster, &proxy, &client);
+    proxy.cut(); // and never heal
+    let e = writer.join().unwrap().expect_err("no node reachable");
+    assert!(e.is_indeterminate(), "Put(2) was applied, yet the error says certainly not: {e:?}");
 }
 
 /// A connection gone silent (a node dead without a word, a black-holed link) costs a
@@ -204,4 +250,18 @@ fn a_silent_connection_is_left_after_one_attempt() {
     assert_eq!(client.write(Cmd::Put(2)).expect("written through the other address"), 2);
     assert!(started.elapsed() < PATIENCE / 2, "it waited out {:?}", started.elapsed());
     assert_eq!(cluster.client(1).read(|m: &Recorder| m.applied.clone()).unwrap(), vec![1, 2]);
+}
+
+/// Found by review: a client that starts a frame and never finishes it is closed at the
+/// frame deadline, as a peer would be, rather than pinning its buffer for good.
+#[test]
+fn a_client_that_stalls_mid_frame_is_closed() {
+    use std::io::Write;
+    let cluster = Cluster::start(1);
+    cluster.stable_leader();
+    let mut client = Attacker::handshake_as(cluster.addrs[&1], 78, &ClusterKey::unauthenticated(), true).unwrap();
+    client.stream.write_all(&1000u32.to_be_bytes()).unwrap();
+    client.stream.write_all(&[0x92; 10]).unwrap(); // 10 of the 1000 bytes, then silence
+    assert!(client.closed_within(PATIENCE), "a stalled client frame kept its connection open");
+    assert_eq!(cluster.client(1).status().unwrap().role, Role::Leader);
 }

@@ -270,10 +270,20 @@ impl Shared {
 
     /// Sends what `make` builds until an answer, or `deadline`. `safe`: whether a call
     /// that may have been carried out can be sent again.
+    ///
+    /// Once an attempt's fate is uncertain, no later failure is reported as certain: an
+    /// error ending the call is then that uncertain error (`Timeout`, `LeadershipLost`),
+    /// whatever the last attempt met (a refusal, an unreachable node, an expired session),
+    /// since the earlier attempt may have taken effect.
     fn call(&self, make: &dyn Fn(Duration) -> Call, safe: bool, deadline: Instant) -> Result<Bytes> {
+        let mut uncertain: Option<Error> = None;
+        let fail = |uncertain: Option<Error>, e: Error| Err(uncertain.unwrap_or(e));
         let mut backoff = Duration::from_millis(1);
         loop {
-            let link = self.link(deadline)?;
+            let link = match self.link(deadline) {
+                Ok(link) => link,
+                Err(e) => return fail(uncertain, e),
+            };
             let now = Instant::now();
             // A call that may be repeated gives each attempt less than the whole deadline.
             let attempt_deadline = if safe { deadline.min(now + self.options.attempt_timeout) } else { deadline };
@@ -287,12 +297,14 @@ impl Shared {
                 Ok(in_flight) => self.judge(&link, &in_flight, attempt_deadline),
             };
             match next {
-                Next::Done(result) => return result,
+                Next::Done(Ok(bytes)) => return Ok(bytes),
+                Next::Done(Err(e)) => return fail(uncertain, e),
                 Next::Uncertain(e) if !safe => return Err(e),
-                Next::Retry | Next::Uncertain(_) => {}
+                Next::Uncertain(e) => uncertain = Some(e),
+                Next::Retry => {}
             }
             if Instant::now() + backoff >= deadline {
-                return Err(Error::Timeout);
+                return fail(uncertain, Error::Timeout);
             }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -382,7 +394,8 @@ impl<M: StateMachine> RemoteClient<M> {
         loop {
             let id = self.session_id(session, deadline)?;
             let Some(seq) = session.begin(id) else { continue };
-            let command = Bytes(tag_encoded(session.tag(id, seq), &body));
+            let Some(tag) = session.tag(id, seq) else { continue }; // a clone replaced it
+            let command = Bytes(tag_encoded(tag, &body));
             let make = |left: Duration| Call::Write { command: command.clone(), timeout_ms: millis(left) };
             // Every attempt carries the same tag: the node applies it at most once.
             let result = self.shared.call(&make, true, deadline);

@@ -266,7 +266,7 @@ impl Session {
     fn forget_oldest(&mut self) -> Option<u64> {
         let (seq, r) = self.responses.pop_first()?;
         self.bytes -= r.len() as u64;
-        self.floor = self.floor.max(seq + 1);
+        self.floor = self.floor.max(seq.saturating_add(1));
         Some(seq)
     }
 }

@@ -14,6 +14,7 @@ use crate::replica::{Request, check_command, command_body};
 use crate::state_machine::StateMachine;
 use crate::transport::{Connection, ReadOutcome};
 
+use super::limits::{Activity, PARTIAL_FRAME_CHECK_BYTES, PARTIAL_FRAMES_PER_NODE_MAX};
 use super::request::{LocalRequest, Outbox, Remote, Reply, encode_msgpack};
 
 /// Most remote client connections a node keeps; past it the longest idle one with nothing
@@ -25,14 +26,18 @@ const IN_FLIGHT_PER_CLIENT_MAX: usize = 4096;
 /// Most requests all remote clients together may have unanswered (each holds a pending
 /// entry on the node); more are answered `Busy` at once.
 const IN_FLIGHT_TOTAL_MAX: usize = 65_536;
-/// Longest wait a remote client may ask for.
-const REMOTE_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+/// Longest wait a remote client may ask for: a waiting request holds a slot of the caps
+/// above, so it must not hold it long (a client that wants to wait longer asks again).
+const REMOTE_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+/// A client connection with nothing in flight that sends nothing for this long is closed
+/// (a [`crate::RemoteClient`] reconnects by itself when it next calls).
+const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 struct ClientConn {
     conn: Connection,
     interest: Interest,
     in_flight: usize,
-    last_active: Instant,
+    activity: Activity,
 }
 
 /// Every remote client connection of one node.
@@ -43,14 +48,26 @@ pub(crate) struct Clients {
     outbox: Outbox,
     /// Connections whose read budget ran out: read again without waiting for an event.
     unread: Vec<Token>,
-    /// Requests read and not yet answered, over every connection (closed ones too: their
-    /// answers still come). Invariant: one answer per request read.
+    /// Requests read and not yet answered, over the open connections (a closed one's
+    /// requests stop counting when it closes; their answers are then dropped).
+    /// Invariant: the sum of the open connections' `in_flight`.
     in_flight: usize,
+    /// Most bytes the partial frames of all client connections may hold together.
+    partial_budget: usize,
 }
 
 impl Clients {
-    pub fn new(node: u64) -> Clients {
-        Clients { node, conns: HashMap::new(), outbox: Outbox::default(), unread: Vec::new(), in_flight: 0 }
+    /// Client connections of node `node`, whose frames may be up to `max_frame_bytes`.
+    pub fn new(node: u64, max_frame_bytes: usize) -> Clients {
+        let partial_budget = max_frame_bytes.saturating_mul(PARTIAL_FRAMES_PER_NODE_MAX);
+        Clients {
+            node,
+            conns: HashMap::new(),
+            outbox: Outbox::default(),
+            unread: Vec::new(),
+            in_flight: 0,
+            partial_budget,
+        }
     }
 
     pub fn contains(&self, token: Token) -> bool {
@@ -77,13 +94,13 @@ impl Clients {
             return;
         }
         let interest = conn.interest();
-        self.conns.insert(token, ClientConn { conn, interest, in_flight: 0, last_active: now });
+        self.conns.insert(token, ClientConn { conn, interest, in_flight: 0, activity: Activity::new(now) });
         log::debug!("node {}: a remote client connected", self.node);
         self.on_ready(registry, token, true, now, requests);
     }
 
     fn evict_idle(&mut self, registry: &Registry) -> bool {
-        let idle = self.conns.iter().filter(|(_, c)| c.in_flight == 0).min_by_key(|(_, c)| c.last_active);
+        let idle = self.conns.iter().filter(|(_, c)| c.in_flight == 0).min_by_key(|(_, c)| c.activity.last_frame_at);
         let Some((&token, _)) = idle else { return false };
         self.close(registry, token, "too many client connections; closing the longest idle");
         true
@@ -103,6 +120,44 @@ impl Clients {
         }
         if let Err(why) = self.read(token, now, requests) {
             self.close(registry, token, &why);
+        }
+        self.enforce_partial_budget(registry, token);
+    }
+
+    /// Closes the connection holding the largest partial frame while all partial frames
+    /// together exceed their budget, so many trickling clients cannot pin memory.
+    fn enforce_partial_budget(&mut self, registry: &Registry, token: Token) {
+        if self.conns.get(&token).is_none_or(|c| c.conn.partial_frame_bytes() <= PARTIAL_FRAME_CHECK_BYTES) {
+            return;
+        }
+        loop {
+            let total: usize = self.conns.values().map(|c| c.conn.partial_frame_bytes()).sum();
+            if total <= self.partial_budget {
+                return;
+            }
+            let largest = self.conns.iter().max_by_key(|(_, c)| c.conn.partial_frame_bytes()).map(|(&t, _)| t);
+            let Some(largest) = largest else { return };
+            self.close(registry, largest, "client partial frames over the node's budget; closing the largest");
+        }
+    }
+
+    /// Closes connections that stalled mid-frame, or sat idle with nothing in flight.
+    pub fn enforce_deadlines(&mut self, registry: &Registry, now: Instant, frame_deadline: Duration) {
+        let doomed: Vec<(Token, &'static str)> = self
+            .conns
+            .iter()
+            .filter_map(|(&t, c)| {
+                if c.activity.partial_since.is_some_and(|at| now.duration_since(at) > frame_deadline) {
+                    Some((t, "a frame was not completed in time"))
+                } else if c.in_flight == 0 && now.duration_since(c.activity.last_frame_at) > CLIENT_IDLE_TIMEOUT {
+                    Some((t, "idle for too long"))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (token, why) in doomed {
+            self.close(registry, token, why);
         }
     }
 
@@ -129,9 +184,7 @@ impl Clients {
         // A frame that is not a client request (a Raft message, junk) fails to decode here
         // and closes the connection: a client cannot speak as a peer.
         let outcome = c.conn.read_frames(&mut frames);
-        if !frames.is_empty() {
-            c.last_active = now;
-        }
+        c.activity.on_read(now, frames.len(), c.conn.partial_frame_bytes());
         for frame in frames {
             // Every frame gets exactly one answer, which `flush_all` counts off.
             let busy = c.in_flight >= IN_FLIGHT_PER_CLIENT_MAX || self.in_flight >= IN_FLIGHT_TOTAL_MAX;
@@ -165,11 +218,12 @@ impl Clients {
         }
         let mut touched = Vec::new();
         for (token, response) in replies {
-            debug_assert!(self.in_flight > 0, "an answer to a request never read");
-            self.in_flight -= 1;
-            // The client may have gone meanwhile: its replies have nowhere to go.
+            // The client may have gone meanwhile: its replies have nowhere to go (and its
+            // requests stopped counting when it closed).
             let Some(c) = self.conns.get_mut(&token) else { continue };
+            debug_assert!(c.in_flight > 0 && self.in_flight > 0, "an answer to a request never read");
             c.in_flight -= 1;
+            self.in_flight -= 1;
             if let Err(e) = c.conn.queue(&response) {
                 // Too much unsent (a client that stopped reading), or a reply too large.
                 self.close(registry, token, &format!("cannot queue a reply: {e}"));
@@ -200,12 +254,14 @@ impl Clients {
 
     fn close(&mut self, registry: &Registry, token: Token, why: &str) {
         if let Some(mut c) = self.conns.remove(&token) {
+            self.in_flight -= c.in_flight;
             let _ = registry.deregister(&mut c.conn);
             log::debug!("node {}: closed a client connection: {why}", self.node);
         }
     }
 
     pub fn close_all(&mut self, registry: &Registry) {
+        self.in_flight = 0;
         for (_, mut c) in self.conns.drain() {
             let _ = registry.deregister(&mut c.conn);
         }

@@ -20,7 +20,7 @@ use crate::storage::{FileOptions, FileStorage, MemoryStorage, NodeStorage};
 use crate::transport::ConnectionConfig;
 
 use super::clients::Clients;
-use super::limits::{AcceptRetry, Deadlines};
+use super::limits::{AcceptRetry, Deadlines, FRAME_DEADLINE};
 use super::peers::{Identity, Peers};
 use super::request::{Local, LocalRequest};
 
@@ -126,7 +126,7 @@ impl<M: StateMachine> NodeLoop<M> {
             poll,
             listener,
             peers,
-            clients: Clients::new(config.id),
+            clients: Clients::new(config.id, config.max_frame_bytes),
             remote_requests: Vec::new(),
             requests,
             shared,
@@ -266,6 +266,7 @@ impl<M: StateMachine> NodeLoop<M> {
             self.replica.tick();
             self.next_tick += self.tick;
             self.peers.enforce_deadlines(self.poll.registry(), now);
+            self.clients.enforce_deadlines(self.poll.registry(), now, FRAME_DEADLINE);
             ticks += 1;
         }
         if self.accept_retry.due(now) {
