@@ -9,16 +9,17 @@
 //! cargo run --release --example redis -- --cluster 3
 //! ```
 //!
-//! Or by hand, one terminal each. `--peer` gives each other node's Raft address,
-//! `--client-peer` its RESP address (where a follower forwards commands to the leader):
+//! Or by hand, one terminal each. `--peer` gives each other node's Raft address; each node
+//! announces its RESP address to the others (`quorate::Config::metadata`), which is where
+//! a follower forwards commands to the leader (`--client-peer ID=ADDR` overrides it):
 //!
 //! ```text
 //! cargo run --release --example redis -- --id 1 --listen 127.0.0.1:7001 --client 127.0.0.1:6381 \
-//!     --peer 2=127.0.0.1:7002 --peer 3=127.0.0.1:7003 --client-peer 2=127.0.0.1:6382 --client-peer 3=127.0.0.1:6383
+//!     --peer 2=127.0.0.1:7002 --peer 3=127.0.0.1:7003
 //! cargo run --release --example redis -- --id 2 --listen 127.0.0.1:7002 --client 127.0.0.1:6382 \
-//!     --peer 1=127.0.0.1:7001 --peer 3=127.0.0.1:7003 --client-peer 1=127.0.0.1:6381 --client-peer 3=127.0.0.1:6383
+//!     --peer 1=127.0.0.1:7001 --peer 3=127.0.0.1:7003
 //! cargo run --release --example redis -- --id 3 --listen 127.0.0.1:7003 --client 127.0.0.1:6383 \
-//!     --peer 1=127.0.0.1:7001 --peer 2=127.0.0.1:7002 --client-peer 1=127.0.0.1:6381 --client-peer 2=127.0.0.1:6382
+//!     --peer 1=127.0.0.1:7001 --peer 2=127.0.0.1:7002
 //! ```
 //!
 //! Then, against any node (a follower forwards to the leader):
@@ -56,8 +57,8 @@
 //! Raft log entry; reads are linearizable (ReadIndex on the leader) unless
 //! `--stale-reads`.
 //!
-//! A follower forwards what it cannot serve to the leader's client port, found through
-//! `--client-peer` (or answers `-MOVED 0 <leader's client address>` with `--redirect`).
+//! A follower forwards what it cannot serve to the leader's client port, found in the
+//! leader's announced metadata or `--client-peer` (or answers `-MOVED 0 <leader's client address>` with `--redirect`).
 //! Each client connection keeps its own connection to the leader, introduced with the
 //! private command `QUORATE.FORWARDED`, so the leader never forwards those commands again
 //! (no chains, no loops while leadership moves). Errors: `-TRYAGAIN` when a write's
@@ -104,7 +105,7 @@ usage:
   --listen ADDR        Raft address (node to node), e.g. 127.0.0.1:7001
   --client ADDR        RESP address for Redis clients, e.g. 127.0.0.1:6379
   --peer ID=ADDR       an initial voting member's Raft address (repeat; the same set on every node)
-  --client-peer ID=ADDR  node ID's RESP address, where this node forwards commands when ID leads
+  --client-peer ID=ADDR  node ID's RESP address (overrides what ID announces), for forwarding
                        (repeat for every other node)
   --data-dir DIR       durable mode: keep the log and vote in DIR (for --cluster: DIR/node-ID)
   --join               start with no configuration and wait to be added by the leader
@@ -250,13 +251,22 @@ fn main() {
 /// The largest Raft command: a whole request's arguments, plus room for MessagePack.
 const COMMAND_BYTES_MAX: usize = resp::REQUEST_BYTES_MAX + (64 << 10);
 
+/// How a node's metadata names its RESP address.
+const RESP_METADATA_PREFIX: &str = "resp=";
+
 fn run_node(options: Options) -> Result<(), Box<dyn std::error::Error>> {
+    // Bound first: the node announces the address it got.
+    let listener = TcpListener::bind(options.client)?;
+    let client_addr = listener.local_addr()?;
     let mut config = Config::new(options.id, options.listen)
         .members(options.peers.iter().copied())
         .request_timeout(options.request_timeout)
         // Every command a client may send must fit one Raft entry.
         .max_append_bytes(COMMAND_BYTES_MAX)
-        .max_frame_bytes(COMMAND_BYTES_MAX + (1 << 20));
+        .max_frame_bytes(COMMAND_BYTES_MAX + (1 << 20))
+        // Announced to the peers: a node without `--client-peer` for the leader finds its
+        // RESP address here (see `Server::client_addr_of`).
+        .metadata(format!("{RESP_METADATA_PREFIX}{client_addr}"));
     if options.join {
         config = config.join();
     }
@@ -267,8 +277,6 @@ fn run_node(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         config = config.cluster_secret(secret);
     }
     let node: Node<Store> = Node::start(config, Store::default())?;
-    let listener = TcpListener::bind(options.client)?;
-    let client_addr = listener.local_addr()?;
     let serve = ServeOptions {
         redirect: options.redirect,
         stale_reads: options.stale_reads,

@@ -34,6 +34,8 @@ pub struct Config {
     pub(crate) listen: SocketAddr,
     /// The address peers and clients reach this node at, if not `listen`.
     pub(crate) advertise: Option<SocketAddr>,
+    /// What this node announces about itself to its peers (see [`Config::metadata`]).
+    pub(crate) metadata: Option<String>,
     pub(crate) peers: BTreeMap<NodeId, SocketAddr>,
     pub(crate) join: bool,
     pub(crate) cluster_id: String,
@@ -67,6 +69,7 @@ impl Config {
             id,
             listen,
             advertise: None,
+            metadata: None,
             peers: BTreeMap::new(),
             join: false,
             cluster_id: "quorate".into(),
@@ -104,6 +107,15 @@ impl Config {
     /// entry records, what it tells peers it dials, and so what a `Redirect` to it names.
     pub fn advertise(mut self, addr: SocketAddr) -> Config {
         self.advertise = Some(addr);
+        self
+    }
+
+    /// A short text this node announces to its peers, shown for it in every node's
+    /// [`crate::Status::members`]: typically the address of the API it serves clients on,
+    /// so a client redirected to the leader (whose id the `Redirect` names) can find it.
+    /// At most 1 KiB.
+    pub fn metadata(mut self, metadata: impl Into<String>) -> Config {
+        self.metadata = Some(metadata.into());
         self
     }
 
@@ -281,6 +293,9 @@ impl Config {
                 "own id {} listed as a peer at {addr}, but listening (as advertised) on {at}",
                 self.id
             ));
+        }
+        if self.metadata.as_ref().is_some_and(|m| m.len() > crate::runtime::METADATA_BYTES_MAX) {
+            return bad(format!("metadata is limited to {} bytes", crate::runtime::METADATA_BYTES_MAX));
         }
         if self.advertise.is_some_and(|a| a.ip().is_unspecified() || a.port() == 0) {
             return bad("the advertised address must be a concrete address and port peers can dial".into());

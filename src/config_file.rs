@@ -42,6 +42,9 @@ pub struct ConfigFile {
     /// See [`Config::advertise`].
     #[serde(default)]
     pub advertise: Option<SocketAddr>,
+    /// See [`Config::metadata`].
+    #[serde(default)]
+    pub metadata: Option<String>,
     /// The other initial voters, by id (see [`Config::peer`]).
     #[serde(default)]
     pub peers: BTreeMap<NodeId, SocketAddr>,
@@ -85,6 +88,9 @@ impl ConfigFile {
         let ms = Duration::from_millis;
         if let Some(addr) = self.advertise {
             c = c.advertise(addr);
+        }
+        if let Some(metadata) = self.metadata {
+            c = c.metadata(metadata);
         }
         if self.join {
             c = c.join();
@@ -131,6 +137,7 @@ mod tests {
             id: 2,
             listen: "127.0.0.1:7002".parse().unwrap(),
             advertise: Some("10.0.0.2:7002".parse().unwrap()),
+            metadata: Some("api=10.0.0.2:8002".into()),
             peers: [(1, "10.0.0.1:7001".parse().unwrap())].into(),
             join: false,
             cluster_id: Some("bank".into()),

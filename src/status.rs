@@ -94,6 +94,10 @@ pub struct Member {
     pub voter: bool,
     /// On the leader: the highest index known replicated on it.
     pub match_index: Option<u64>,
+    /// What the member announced about itself ([`crate::Config::metadata`]: an API or
+    /// client address, say), as far as this node heard from it; `None` if it announced
+    /// nothing or has not connected to this node since it started.
+    pub metadata: Option<String>,
 }
 
 impl Status {

@@ -357,3 +357,21 @@ fn a_peer_of_another_cluster_is_named_in_status() {
         client.status().unwrap().refused.is_some_and(|why| why.contains("cluster") && why.contains("node 2"))
     });
 }
+
+/// Each node announces its metadata (an API address, say) to its peers, and every node's
+/// status shows every member's.
+#[test]
+fn every_node_sees_every_members_metadata() {
+    let cluster = Cluster::start_with(3, |c| {
+        let id = c.id();
+        c.metadata(format!("api=127.0.0.1:{}", 9000 + id))
+    });
+    cluster.stable_leader();
+    for id in 1..=3 {
+        let client = cluster.client(id);
+        wait_until(&format!("node {id} knows every member's metadata"), || {
+            let members = client.status().unwrap().members;
+            members.iter().all(|m| m.metadata.as_deref() == Some(format!("api=127.0.0.1:{}", 9000 + m.id).as_str()))
+        });
+    }
+}

@@ -120,9 +120,18 @@ impl Server {
         }
     }
 
-    /// The RESP address of node `id`, if known.
+    /// The RESP address of node `id`, if known: from `--client-peer`, else from the
+    /// metadata it announced to this node (`resp=ADDR`, see [`quorate::Config::metadata`]).
     fn client_addr_of(&self, id: NodeId) -> Option<SocketAddr> {
-        if id == self.id { Some(self.client_addr) } else { self.client_peers.get(&id).copied() }
+        if id == self.id {
+            return Some(self.client_addr);
+        }
+        if let Some(&addr) = self.client_peers.get(&id) {
+            return Some(addr);
+        }
+        let status = self.client.status().ok()?;
+        let metadata = status.members.into_iter().find(|m| m.id == id)?.metadata?;
+        metadata.strip_prefix(crate::RESP_METADATA_PREFIX)?.parse().ok()
     }
 }
 

@@ -333,6 +333,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
                 addr: addr.parse().ok(),
                 voter,
                 match_index: core.progress(id).map(|p| p.match_index.0),
+                metadata: None, // the runtime knows it (peers announce it when they connect)
             })
             .collect();
         Status {

@@ -111,6 +111,7 @@ impl<M: StateMachine> NodeLoop<M> {
             cluster_id: config.cluster_id.clone(),
             incarnation,
             listen_addr: config.advertised(),
+            metadata: config.metadata.clone(),
         };
         let conn_config = ConnectionConfig {
             max_frame_bytes: config.max_frame_bytes,
@@ -234,7 +235,10 @@ impl<M: StateMachine> NodeLoop<M> {
         }
         let changed = self.replica.take_members_changed();
         if changed {
-            self.peers.set_member_addrs(member_addrs(self.replica.core()));
+            let addrs = member_addrs(self.replica.core());
+            let ids: Vec<NodeId> = addrs.keys().copied().collect();
+            self.peers.set_member_addrs(addrs);
+            self.peers.connect_all(self.poll.registry(), ids, now);
         }
         self.notify_watchers(changed);
         self.peers.flush_all(self.poll.registry(), now);
@@ -314,6 +318,9 @@ impl<M: StateMachine> NodeLoop<M> {
     fn status(&self) -> Status {
         let mut status = Status { refused: self.peers.refused.clone(), ..self.replica.status() };
         status.metrics.peers = self.peers.traffic();
+        for m in &mut status.members {
+            m.metadata = self.peers.metadata_of(m.id).map(str::to_owned);
+        }
         status.metrics.log_syncs = self.replica.storage().log_syncs();
         status
     }

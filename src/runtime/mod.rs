@@ -11,3 +11,4 @@ pub(crate) mod request;
 mod wire;
 
 pub(crate) use event_loop::{NodeLoop, Shared, WAKER};
+pub(crate) use peers::METADATA_BYTES_MAX;

@@ -25,6 +25,7 @@ pub(crate) struct Identity {
     pub cluster_id: String,
     pub incarnation: u64,
     pub listen_addr: SocketAddr,
+    pub metadata: Option<String>,
 }
 
 enum Side {
@@ -56,6 +57,8 @@ impl Conn {
     }
 }
 
+/// Largest metadata a node may announce (see [`crate::Config::metadata`]).
+pub(crate) const METADATA_BYTES_MAX: usize = 1024;
 /// How often refusing a restarted peer is logged at `error` while it keeps trying.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Most peers whose refusal times are kept (past it the memory starts over).
@@ -86,6 +89,8 @@ pub(crate) struct Peers {
     member_addrs: BTreeMap<NodeId, SocketAddr>,
     /// Addresses peers announced when they dialed us.
     hello_addrs: HashMap<NodeId, SocketAddr>,
+    /// Metadata peers announced when they dialed us (see `metadata_of`).
+    hello_metadata: HashMap<NodeId, String>,
     conns: HashMap<Token, Conn>,
     dialers: HashMap<NodeId, Dialer>,
     /// The first incarnation seen of each peer.
@@ -124,6 +129,7 @@ impl Peers {
             config_addrs,
             member_addrs: BTreeMap::new(),
             hello_addrs: HashMap::new(),
+            hello_metadata: HashMap::new(),
             conns: HashMap::new(),
             dialers: HashMap::new(),
             incarnations: HashMap::new(),
@@ -142,6 +148,24 @@ impl Peers {
     /// Records the addresses of the latest configuration.
     pub fn set_member_addrs(&mut self, addrs: BTreeMap<NodeId, SocketAddr>) {
         self.member_addrs = addrs;
+    }
+
+    /// Dials every member in `ids` not yet connected (backoff permitting), so each learns
+    /// this node's Hello (its address and metadata) even if no Raft message goes that way
+    /// (followers never message each other). Outbound connections are kept alive.
+    pub fn connect_all(&mut self, registry: &Registry, ids: impl IntoIterator<Item = NodeId>, now: Instant) {
+        for id in ids {
+            if id != self.me.id && self.addr_of(id).is_some() {
+                self.outbound_token(registry, id, now);
+            }
+        }
+    }
+
+    /// The metadata node `id` announced: this node's own, or what a peer said when it last
+    /// dialed us (every member dials every other, see `connect_all`, so each node learns
+    /// all of them).
+    pub fn metadata_of(&self, id: NodeId) -> Option<&str> {
+        if id == self.me.id { self.me.metadata.as_deref() } else { self.hello_metadata.get(&id).map(String::as_str) }
     }
 
     /// Traffic with the members this node knows (an id that sent frames without being a
@@ -215,7 +239,11 @@ impl Peers {
         let handshake = Handshake::new(&self.me.cluster_id, self.me.id).map_err(std::io::Error::other)?;
         // Held back by the connection until the peer has proven it holds the secret: the
         // incarnation is what an impostor would need to pass for us.
-        let hello = Wire::Hello(Hello { incarnation: self.me.incarnation, listen_addr: self.me.listen_addr });
+        let hello = Wire::Hello(Hello {
+            incarnation: self.me.incarnation,
+            listen_addr: self.me.listen_addr,
+            metadata: self.me.metadata.clone(),
+        });
         conn.start_handshake(handshake, Role::Dialer)
             .and_then(|()| conn.queue(&hello))
             .map_err(std::io::Error::other)?;
@@ -450,8 +478,15 @@ impl Peers {
                     }
                     return Err(why);
                 }
+                if h.metadata.as_ref().is_some_and(|m| m.len() > METADATA_BYTES_MAX) {
+                    return Err(format!("node {peer} sent metadata over {METADATA_BYTES_MAX} bytes"));
+                }
                 *hello = true;
                 self.hello_addrs.insert(peer, h.listen_addr);
+                match h.metadata {
+                    Some(m) => self.hello_metadata.insert(peer, m),
+                    None => self.hello_metadata.remove(&peer),
+                };
                 self.make_room_for_inbound(token, peer);
                 Ok(())
             }

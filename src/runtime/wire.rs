@@ -29,4 +29,7 @@ pub(crate) struct Hello {
     /// Where the dialer listens, so a `join()` node can answer a leader it has no
     /// address for yet.
     pub listen_addr: SocketAddr,
+    /// The dialer's metadata ([`crate::Config::metadata`]), shown in every node's status.
+    #[serde(default)]
+    pub metadata: Option<String>,
 }

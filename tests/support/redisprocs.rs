@@ -44,7 +44,8 @@ impl RedisCluster {
             cmd.args(["--id", &id.to_string(), "--listen", &raft[i].to_string(), "--client", &resp[i].to_string()]);
             for j in (0..nodes).filter(|&j| j != i) {
                 cmd.args(["--peer", &format!("{}={}", j + 1, raft[j])]);
-                cmd.args(["--client-peer", &format!("{}={}", j + 1, resp[j])]);
+                // No `--client-peer`: nodes learn each other's RESP address from the
+                // metadata they announce (the flag stays as an override).
             }
             let log = std::fs::File::create(root.path().join(format!("node-{id}.log"))).unwrap();
             cmd.args(extra).env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
