@@ -106,7 +106,6 @@ usage:
   --client ADDR        RESP address for Redis clients, e.g. 127.0.0.1:6379
   --peer ID=ADDR       an initial voting member's Raft address (repeat; the same set on every node)
   --client-peer ID=ADDR  node ID's RESP address (overrides what ID announces), for forwarding
-                       (repeat for every other node)
   --data-dir DIR       durable mode: keep the log and vote in DIR (for --cluster: DIR/node-ID)
   --join               start with no configuration and wait to be added by the leader
   --redirect           on a follower, answer -MOVED 0 <leader's client address> instead of forwarding
