@@ -8,8 +8,8 @@
 //!
 //! `cargo bench --bench writes` prints one `name=value` line per figure.
 //! `QUORATE_BENCH_SECS` sets each figure's length (default 2); `QUORATE_BENCH_ONLY` runs
-//! only the listed groups (`floors`, `sequential`, `writers`, `pipelined`, `sessions`,
-//! `allocations`), e.g. to profile one path.
+//! only the listed groups (`floors`, or one of them: `floor_pingpong`, `floor_64`, `floor_pipelined`…; `sequential`, `writers`, `pipelined`, `sessions`,
+//! `writers_64`, `writers_256`, `writers_1024`, `allocations`), e.g. to profile one path.
 
 mod common;
 
@@ -26,44 +26,57 @@ struct Floors {
 }
 
 fn floors(duration: std::time::Duration) -> Floors {
-    let (ping, ping_cpu) = ping_pong(duration);
-    let ping_p50 = us(ping.value_at_quantile(0.5));
-    let ping_p99 = us(ping.value_at_quantile(0.99));
-    figure("floor_pingpong_p50_us", ping_p50);
-    figure("floor_pingpong_p99_us", ping_p99);
-    figure("floor_pingpong_cpu_us", ping_cpu);
-    let mut blocking = Vec::new();
+    let mut f = Floors { ping_p50: f64::NAN, ping_p99: f64::NAN, blocking: Vec::new(), pipelined: f64::NAN };
+    if enabled("floors") || enabled("floor_pingpong") {
+        let (ping, ping_cpu) = ping_pong(duration);
+        f.ping_p50 = us(ping.value_at_quantile(0.5));
+        f.ping_p99 = us(ping.value_at_quantile(0.99));
+        figure("floor_pingpong_p50_us", f.ping_p50);
+        figure("floor_pingpong_p99_us", f.ping_p99);
+        figure("floor_pingpong_cpu_us", ping_cpu);
+    }
     for threads in [1, 64, 256, 1024] {
+        if !enabled("floors") && !enabled(&format!("floor_{threads}")) {
+            continue;
+        }
         let r = blocking_floor(threads, duration);
         figure(&format!("floor_blocking_{threads}_per_s"), r.per_s);
         figure(&format!("floor_blocking_{threads}_cpu_us"), r.cpu_us);
         figure(&format!("floor_blocking_{threads}_switches"), r.switches);
+        figure(&format!("floor_blocking_{threads}_kernel_share"), r.kernel);
         if threads == 1 {
             figure("floor_blocking_1_p50_us", us(r.latency.value_at_quantile(0.5)));
         }
-        blocking.push((threads, r.per_s));
+        f.blocking.push((threads, r.per_s));
     }
-    let floor = Floor::start();
-    let (pipelined, cpu, _) = pipelined(
-        WINDOW,
-        duration,
-        || floor.submit(1),
-        |slot| {
-            std::hint::black_box(Floor::wait(slot));
-        },
-    );
-    figure("floor_pipelined_per_s", pipelined);
-    figure("floor_pipelined_cpu_us", cpu);
-    Floors { ping_p50, ping_p99, blocking, pipelined }
+    if enabled("floors") || enabled("floor_pipelined") {
+        let floor = Floor::start();
+        let (rate, cpu, _) = pipelined(
+            WINDOW,
+            duration,
+            || floor.submit(1),
+            |slot| {
+                std::hint::black_box(Floor::wait(slot));
+            },
+        );
+        f.pipelined = rate;
+        figure("floor_pipelined_per_s", rate);
+        figure("floor_pipelined_cpu_us", cpu);
+    }
+    f
 }
 
 fn main() {
     let duration = secs(2.0);
     machine_note();
     note("3 nodes, one process, loopback TCP; 16-byte commands; ratios are to floors of this run");
-    let floors = if enabled("floors") { Some(floors(duration)) } else { None };
+    let floors = if [1, 64, 256, 1024].iter().any(|n| enabled("floors") || enabled(&format!("floor_{n}"))) {
+        Some(floors(duration))
+    } else {
+        None
+    };
     let ratio = |name: &str, value: f64, floor: Option<f64>| {
-        if let Some(floor) = floor {
+        if let Some(floor) = floor.filter(|f| f.is_finite()) {
             figure(name, value / floor);
         }
     };
@@ -80,22 +93,29 @@ fn main() {
         ratio("write_latency_floor_ratio", p50, floors.as_ref().map(|f| f.ping_p50));
         ratio("write_latency_p99_floor_ratio", p99, floors.as_ref().map(|f| f.ping_p99));
     }
-    if enabled("writers") {
+    if WRITERS.iter().any(|n| enabled("writers") || enabled(&format!("writers_{n}"))) {
         let mut rates = Vec::new();
         for threads in WRITERS {
+            if !enabled("writers") && !enabled(&format!("writers_{threads}")) {
+                continue;
+            }
             let c = client.clone();
             let r = concurrent(threads, duration, move || {
                 std::hint::black_box(c.write(put(COMMAND_BYTES)).unwrap());
             });
             figure(&format!("write_throughput_{threads}_clients_per_s"), r.per_s);
+            note(&format!("{} writes by {threads} writers", r.ops));
             let floor = floors.as_ref().and_then(|f| f.blocking.iter().find(|(n, _)| *n == threads).map(|&(_, r)| r));
             ratio(&format!("write_throughput_{threads}_floor_ratio"), r.per_s, floor);
             figure(&format!("write_cpu_{threads}_clients_us"), r.cpu_us);
             figure(&format!("write_switches_{threads}_clients"), r.switches);
+            figure(&format!("write_kernel_share_{threads}_clients"), r.kernel);
             figure(&format!("write_latency_{threads}_clients_p99_us"), us(r.latency.value_at_quantile(0.99)));
             rates.push(r.per_s);
         }
-        figure("write_throughput_1024_over_256_ratio", rates[2] / rates[1]);
+        if rates.len() == 3 {
+            figure("write_throughput_1024_over_256_ratio", rates[2] / rates[1]);
+        }
     }
     if enabled("pipelined") {
         let (rate, cpu, _) = pipelined(

@@ -83,6 +83,8 @@ pub fn machine_note() {
 #[derive(Clone, Copy, Debug)]
 pub struct Usage {
     pub cpu: Duration,
+    /// The part of `cpu` spent in the kernel.
+    pub sys: Duration,
     pub context_switches: u64,
 }
 
@@ -94,12 +96,27 @@ impl Usage {
         let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
         assert_eq!(rc, 0, "getrusage");
         let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-        Usage { cpu: tv(ru.ru_utime) + tv(ru.ru_stime), context_switches: (ru.ru_nvcsw + ru.ru_nivcsw) as u64 }
+        Usage {
+            cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+            sys: tv(ru.ru_stime),
+            context_switches: (ru.ru_nvcsw + ru.ru_nivcsw) as u64,
+        }
     }
 
     /// Per operation since `before`: (µs of CPU, context switches).
     pub fn per_op_since(before: Usage, ops: u64) -> (f64, f64) {
+        Usage::since(before, ops).0
+    }
+
+    /// Per operation since `before`: (µs of CPU, context switches), and the kernel's share
+    /// of that CPU.
+    pub fn since(before: Usage, ops: u64) -> ((f64, f64), f64) {
         let after = Usage::now();
+        let kernel = (after.sys - before.sys).as_secs_f64() / (after.cpu - before.cpu).as_secs_f64().max(1e-9);
+        (Usage::per_op(before, after, ops), kernel)
+    }
+
+    fn per_op(before: Usage, after: Usage, ops: u64) -> (f64, f64) {
         let ops = ops.max(1) as f64;
         (
             (after.cpu - before.cpu).as_nanos() as f64 / 1000.0 / ops,
@@ -274,6 +291,8 @@ pub struct Concurrent {
     pub latency: Histogram<u64>,
     pub cpu_us: f64,
     pub switches: f64,
+    /// The kernel's share of the CPU used.
+    pub kernel: f64,
 }
 
 /// `threads` threads, each calling `op` back to back for `duration` (all start together;
@@ -315,12 +334,13 @@ where
     // The few ops that finished after `stop` count: they were in flight in the window.
     let elapsed = started.elapsed();
     let ops = latency.len();
-    let (cpu_us, switches) = Usage::per_op_since(before, ops);
-    Concurrent { ops, per_s: ops as f64 / elapsed.as_secs_f64(), latency, cpu_us, switches }
+    let ((cpu_us, switches), kernel) = Usage::since(before, ops);
+    Concurrent { ops, per_s: ops as f64 / elapsed.as_secs_f64(), latency, cpu_us, switches, kernel }
 }
 
 /// One thread keeping `window` operations in flight for `duration`: `submit` starts one,
-/// `wait` finishes the oldest. Returns (ops/s, µs of CPU per op, switches per op).
+/// `wait` finishes the oldest. Returns (ops/s, µs of CPU per op, switches per op), and
+/// prints how many ops it did as a `#` note.
 pub fn pipelined<P>(
     window: usize,
     duration: Duration,
@@ -347,6 +367,7 @@ pub fn pipelined<P>(
     }
     let elapsed = started.elapsed();
     let (cpu, switches) = Usage::per_op_since(before, done);
+    note(&format!("{done} ops pipelined"));
     (done as f64 / elapsed.as_secs_f64(), cpu, switches)
 }
 
