@@ -88,6 +88,7 @@ fn main() {
             std::hint::black_box(c.write(put(COMMAND_BYTES)).unwrap());
         });
         let (p50, p99) = (us(h.value_at_quantile(0.5)), us(h.value_at_quantile(0.99)));
+        note(&format!("{} writes sequential", h.len()));
         figure("write_latency_p50_us", p50);
         figure("write_latency_p99_us", p99);
         ratio("write_latency_floor_ratio", p50, floors.as_ref().map(|f| f.ping_p50));

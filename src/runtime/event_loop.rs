@@ -174,7 +174,8 @@ impl<M: StateMachine> NodeLoop<M> {
     fn turn(&mut self, now: Instant) {
         self.peers.read_leftovers(self.poll.registry(), &mut self.inbox, now);
         self.on_timers(now);
-        for (from, msg) in std::mem::take(&mut self.inbox) {
+        // `drain`, not `take`: the buffer keeps its capacity from turn to turn.
+        for (from, msg) in self.inbox.drain(..) {
             self.replica.step(from, msg);
         }
         let more_requests = self.drain_requests();
