@@ -10,7 +10,9 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::auth::{ClusterKey, Proof, Role, Transcript, prove, verify};
 use super::error::TransportError;
-use super::frame::{DEFAULT_MAX_FRAME_BYTES, FrameDecoder, READ_CHUNK_BYTES, RETAINED_CAPACITY_BYTES, encode_frame};
+use super::frame::{
+    DEFAULT_MAX_FRAME_BYTES, FrameDecoder, READ_CHUNK_BYTES, RETAINED_CAPACITY_BYTES, Retention, encode_frame,
+};
 use super::handshake::{Handshake, MAX_HANDSHAKE_BYTES, check_handshake};
 
 /// Default most bytes one [`Connection::read_frames`] call reads, so one chatty peer
@@ -87,6 +89,8 @@ pub struct Connection {
     out: Vec<u8>,
     /// Bytes of `out` already written to the socket.
     out_pos: usize,
+    /// When `out` gives back memory a large batch made it take.
+    out_retention: Retention,
     config: ConnectionConfig,
     /// Our handshake and side, once sent.
     ours: Option<(Handshake, Role)>,
@@ -108,6 +112,7 @@ impl Connection {
             decoder: FrameDecoder::new(MAX_HANDSHAKE_BYTES),
             out: Vec::new(),
             out_pos: 0,
+            out_retention: Retention::default(),
             config,
             ours: None,
             unproven: None,
@@ -198,9 +203,10 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
+        let used = self.out.len();
         self.out.clear();
         self.out_pos = 0;
-        if self.out.capacity() > RETAINED_CAPACITY_BYTES {
+        if self.out_retention.should_shrink(used, self.out.capacity()) {
             self.out.shrink_to(RETAINED_CAPACITY_BYTES);
         }
         Ok(true)
