@@ -512,8 +512,9 @@ impl Raft {
         if is_config {
             self.reload_membership();
         }
-        // A one-voter cluster commits as soon as its own log holds the entry.
-        self.maybe_commit();
+        // No commit check here: the leader counts its own entry only once storage reports
+        // it durable (`on_persisted` checks then, a one-voter cluster included), so an
+        // append alone never moves the commit index.
         index
     }
 

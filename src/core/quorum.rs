@@ -14,16 +14,33 @@ use super::types::NodeId;
 ///
 /// Used for the commit index (§5.3: an entry is committed once a majority stores it) and
 /// for ReadIndex confirmation (dissertation §6.4).
+///
+/// Called for every proposal and every acknowledgement, so it allocates nothing for
+/// configurations of up to [`VOTERS_INLINE`] voters.
 pub fn majority_value<T: Ord + Copy>(membership: &Membership, value: impl Fn(NodeId) -> T) -> Option<T> {
-    let mut values: Vec<T> = membership.voters.keys().map(|&id| value(id)).collect();
-    if values.is_empty() {
+    let n = membership.voters.len();
+    if n == 0 {
         return None;
+    }
+    let mut inline = [None; VOTERS_INLINE];
+    let mut heap = Vec::new();
+    let values: &mut [Option<T>] = if n <= VOTERS_INLINE {
+        &mut inline[..n]
+    } else {
+        heap.resize(n, None);
+        &mut heap
+    };
+    for (slot, &id) in values.iter_mut().zip(membership.voters.keys()) {
+        *slot = Some(value(id));
     }
     values.sort_unstable_by(|a, b| b.cmp(a));
     // The value at position quorum-1 of the descending list is held by at least `quorum`
     // voters (all those before it), and no higher value is.
-    Some(values[membership.quorum() - 1])
+    values[membership.quorum() - 1]
 }
+
+/// Configurations up to this many voters count a majority without allocating.
+pub const VOTERS_INLINE: usize = 16;
 
 /// Whether a majority of `membership`'s voters satisfies `yes` (check-quorum,
 /// dissertation §6.2).

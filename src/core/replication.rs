@@ -1,6 +1,8 @@
 //! Log replication (§5.3), the commit rule (§5.4.2) and heartbeats (§5.2), with batching,
 //! pipelining and fast backtracking.
 
+use std::ops::Bound::{Excluded, Unbounded};
+
 use super::Raft;
 use super::message::{AppendEntries, AppendEntriesResponse, MessageKind};
 use super::progress::ReplicationState;
@@ -227,9 +229,11 @@ impl Raft {
 
     /// Sends, to each follower, as many AppendEntries as its flow control allows.
     pub(super) fn flush_leader(&mut self) {
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-        for id in peers {
+        // Called every turn: walk the followers by key instead of collecting them.
+        let mut next = self.progress.keys().next().copied();
+        while let Some(id) = next {
             while self.maybe_send_append(id) {}
+            next = self.progress.range((Excluded(id), Unbounded)).next().map(|(&k, _)| k);
         }
         self.flush_read_round();
     }

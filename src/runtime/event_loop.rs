@@ -197,7 +197,8 @@ impl<M: StateMachine> NodeLoop<M> {
         self.adopt_clients(now);
         self.clients.read_leftovers(self.poll.registry(), now, &mut self.remote_requests);
         self.on_timers(now);
-        for (from, msg) in std::mem::take(&mut self.inbox) {
+        // `drain`, not `take`: the buffer keeps its capacity from turn to turn.
+        for (from, msg) in self.inbox.drain(..) {
             self.replica.step(from, msg);
         }
         let more_requests = self.drain_requests();

@@ -7,9 +7,9 @@
 //! path. Wire changes are instead guarded by the handshake's protocol version.
 //! Decoding accepts both forms.
 
-use std::io::{self, Cursor, Read};
+use std::io::{self, Read};
 
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize, de::DeserializeOwned, de::IgnoredAny};
 
 use super::error::TransportError;
 
@@ -20,10 +20,40 @@ pub const LEN_PREFIX_BYTES: usize = 4;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
 /// Most bytes pulled from a reader in one `read` call; bounds the buffer growth per read.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+pub(super) const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Capacity an idle buffer may keep, so one large frame does not pin memory forever.
 pub(super) const RETAINED_CAPACITY_BYTES: usize = 256 * 1024;
+
+/// A buffer grown past [`RETAINED_CAPACITY_BYTES`] is given back once this many uses in a
+/// row needed less: a steady stream of large frames keeps its buffer, a burst does not
+/// pin memory for longer than that many messages (heartbeats alone bring them in seconds).
+pub(super) const SHRINK_AFTER_SMALL_USES: u32 = 64;
+
+/// When a reused buffer gives its memory back. Shrinking after every large frame meant
+/// re-growing it for the next one: with 64 KiB commands each AppendEntries is about 1 MiB,
+/// and every one was a fresh `mmap`, zeroed, faulted in page by page, and unmapped.
+#[derive(Debug, Default)]
+pub(super) struct Retention {
+    small_uses: u32,
+}
+
+impl Retention {
+    /// A use of a buffer of `capacity` that needed `used` bytes is over: whether to
+    /// shrink it to [`RETAINED_CAPACITY_BYTES`] now.
+    pub(super) fn should_shrink(&mut self, used: usize, capacity: usize) -> bool {
+        if capacity <= RETAINED_CAPACITY_BYTES || used > RETAINED_CAPACITY_BYTES {
+            self.small_uses = 0;
+            return false;
+        }
+        self.small_uses += 1;
+        if self.small_uses < SHRINK_AFTER_SMALL_USES {
+            return false;
+        }
+        self.small_uses = 0;
+        true
+    }
+}
 
 /// Deepest nesting a frame body may have. Real messages nest a handful of levels; the
 /// bound keeps a hostile body from recursing deep into the decoder's stack.
@@ -66,16 +96,21 @@ fn prefix_value(prefix: &[u8]) -> usize {
 }
 
 /// Decodes one frame body, refusing trailing bytes: a body must be exactly one value.
+///
+/// Decodes from the slice itself (`from_read_ref`), not through a `Read`er: binary and
+/// string fields are then borrowed from the body instead of first read into the
+/// deserializer's own buffer (a `read_to_end` per field, which cost about 5% of the
+/// instructions of a pipelined write).
 fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, TransportError> {
-    let mut de = rmp_serde::Deserializer::new(Cursor::new(body));
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
     de.set_max_depth(MAX_DECODE_DEPTH);
     let value = T::deserialize(&mut de).map_err(|e| TransportError::Decode(e.to_string()))?;
-    let used = de.position();
-    if used != body.len() as u64 {
-        let extra = body.len() as u64 - used;
-        return Err(TransportError::Decode(format!("{extra} trailing bytes")));
+    // The slice reader does not say where it stopped: the body is exactly one value if
+    // reading another finds the end at once.
+    match IgnoredAny::deserialize(&mut de) {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(value),
+        _ => Err(TransportError::Decode("trailing bytes after the frame's value".into())),
     }
-    Ok(value)
 }
 
 /// Accumulates bytes from a stream and yields complete frames.
@@ -94,12 +129,15 @@ pub struct FrameDecoder {
     /// End of the buffered bytes. Invariant: `start <= end <= buf.len()`.
     end: usize,
     max_frame_bytes: usize,
+    /// The most bytes buffered since the buffer was last empty.
+    peak: usize,
+    retention: Retention,
 }
 
 impl FrameDecoder {
     /// Creates a decoder that refuses frame bodies longer than `max_frame_bytes`.
     pub fn new(max_frame_bytes: usize) -> Self {
-        Self { buf: Vec::new(), start: 0, end: 0, max_frame_bytes }
+        Self { buf: Vec::new(), start: 0, end: 0, max_frame_bytes, peak: 0, retention: Retention::default() }
     }
 
     /// Changes the largest frame body accepted from now on.
@@ -129,6 +167,7 @@ impl FrameDecoder {
         self.reserve(bytes.len());
         self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
         self.end += bytes.len();
+        self.peak = self.peak.max(self.end);
     }
 
     /// Makes one `read` call on `src` for at most `limit` bytes (capped at an internal
@@ -140,6 +179,7 @@ impl FrameDecoder {
         self.reserve(want);
         let result = src.read(&mut self.buf[self.end..self.end + want]);
         self.end += *result.as_ref().unwrap_or(&0);
+        self.peak = self.peak.max(self.end);
         debug_assert!(self.end <= self.buf.len());
         result
     }
@@ -194,7 +234,8 @@ impl FrameDecoder {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if self.buf.len() > RETAINED_CAPACITY_BYTES {
+            let used = std::mem::take(&mut self.peak);
+            if self.retention.should_shrink(used, self.buf.len()) {
                 self.buf.truncate(RETAINED_CAPACITY_BYTES);
                 self.buf.shrink_to(RETAINED_CAPACITY_BYTES);
             }
@@ -358,11 +399,18 @@ mod tests {
     }
 
     #[test]
-    fn buffer_capacity_is_released_after_a_large_frame() {
+    fn buffer_capacity_is_kept_across_large_frames_and_released_after_small_ones() {
         let big = Msg::Data { seq: 0, text: "z".repeat(4 * RETAINED_CAPACITY_BYTES) };
         let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
-        dec.push(&encode_all(&[big]));
-        assert!(dec.next_frame::<Msg>().unwrap().is_some());
-        assert!(dec.buf.capacity() <= RETAINED_CAPACITY_BYTES);
+        for _ in 0..3 {
+            dec.push(&encode_all(std::slice::from_ref(&big)));
+            assert!(dec.next_frame::<Msg>().unwrap().is_some());
+            assert!(dec.buf.capacity() > RETAINED_CAPACITY_BYTES, "kept for the next large frame");
+        }
+        for k in 1..=SHRINK_AFTER_SMALL_USES {
+            dec.push(&encode_all(&[Msg::Ping(u64::from(k))]));
+            assert!(dec.next_frame::<Msg>().unwrap().is_some());
+        }
+        assert!(dec.buf.capacity() <= RETAINED_CAPACITY_BYTES, "released after a run of small frames");
     }
 }
