@@ -76,11 +76,14 @@ fn main() {
         None
     };
     let ratio = |name: &str, value: f64, floor: Option<f64>| {
-        if let Some(floor) = floor.filter(|f| f.is_finite()) {
+        if let Some(floor) = floor.filter(|f| f.is_finite() && value.is_finite()) {
             figure(name, value / floor);
         }
     };
     let cluster = Cluster::start(3, |c| c);
+    // With a session (the default): for the comparison with a client without one.
+    let mut session_p50 = None;
+    let mut session_64 = None;
     let client = cluster.client.clone();
     if enabled("sequential") {
         let c = client.clone();
@@ -90,6 +93,7 @@ fn main() {
         let (p50, p99) = (us(h.value_at_quantile(0.5)), us(h.value_at_quantile(0.99)));
         note(&format!("{} writes sequential", h.len()));
         figure("write_latency_p50_us", p50);
+        session_p50 = Some(p50);
         figure("write_latency_p99_us", p99);
         ratio("write_latency_floor_ratio", p50, floors.as_ref().map(|f| f.ping_p50));
         ratio("write_latency_p99_floor_ratio", p99, floors.as_ref().map(|f| f.ping_p99));
@@ -112,6 +116,9 @@ fn main() {
             figure(&format!("write_switches_{threads}_clients"), r.switches);
             figure(&format!("write_kernel_share_{threads}_clients"), r.kernel);
             figure(&format!("write_latency_{threads}_clients_p99_us"), us(r.latency.value_at_quantile(0.99)));
+            if threads == 64 {
+                session_64 = Some(r.per_s);
+            }
             rates.push(r.per_s);
         }
         if rates.len() == 3 {
@@ -138,12 +145,15 @@ fn main() {
         let h = sequential(duration, move || {
             std::hint::black_box(c.write(put(COMMAND_BYTES)).unwrap());
         });
-        figure("write_latency_no_session_p50_us", us(h.value_at_quantile(0.5)));
+        let p50 = us(h.value_at_quantile(0.5));
+        figure("write_latency_no_session_p50_us", p50);
+        ratio("write_latency_session_over_none_ratio", session_p50.unwrap_or(f64::NAN), Some(p50));
         let c = plain.clone();
         let r = concurrent(64, duration, move || {
             std::hint::black_box(c.write(put(COMMAND_BYTES)).unwrap());
         });
         figure("write_throughput_64_clients_no_session_per_s", r.per_s);
+        ratio("write_throughput_64_session_over_none_ratio", session_64.unwrap_or(f64::NAN), Some(r.per_s));
         figure("write_cpu_64_clients_no_session_us", r.cpu_us);
     }
     if enabled("allocations") {
