@@ -37,6 +37,9 @@ pub struct Status {
     /// Why a peer last refused this node's connection, if one did (a node restarted
     /// without its state is refused by the others: it must rejoin under a new id).
     pub refused: Option<String>,
+    /// Set when the leader told this node it is not in the cluster's configuration (it was
+    /// removed, and campaigns in vain); cleared once a leader accepts it again.
+    pub removed: Option<String>,
     /// Counters since the node started, for graphs and alerts.
     pub metrics: Metrics,
 }

@@ -437,3 +437,23 @@ fn a_partitioned_leader_serves_no_linearizable_read() {
     assert_eq!(nc.read(|m: &Recorder| m.applied.clone()).unwrap(), acked);
     cluster.await_applied_everywhere(&acked);
 }
+
+/// A removed server that keeps campaigning learns from the leader that it was removed,
+/// and says so in its status (it cannot learn it from the log: the leader stopped
+/// replicating to it when the change was appended).
+#[test]
+fn a_removed_server_is_told_and_its_status_says_so() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.stable_leader();
+    let victim = *cluster.nodes.keys().find(|&&id| id != leader).unwrap();
+    let lc = cluster.client(leader);
+    retry_not_committed("remove_server", || lc.remove_server(victim)).expect("remove_server");
+    let vc = cluster.client(victim);
+    wait_until("the removed server's status says it was removed", || {
+        vc.status()
+            .unwrap()
+            .removed
+            .is_some_and(|why| why.contains("removed") && why.contains(&format!("node {leader}")))
+    });
+    assert!(cluster.client(leader).status().unwrap().removed.is_none());
+}

@@ -350,6 +350,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             members,
             membership_committed: core.membership_index() <= core.commit_index(),
             refused: None,
+            removed: None,
             metrics: self.metrics(),
         }
     }

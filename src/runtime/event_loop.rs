@@ -12,7 +12,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::Config;
-use crate::core::{Message, NodeId, Raft};
+use crate::core::{Message, MessageKind, NodeId, Raft, Role};
 use crate::replica::{Replica, Request, Respond};
 use crate::state_machine::StateMachine;
 use crate::status::Status;
@@ -199,7 +199,11 @@ impl<M: StateMachine> NodeLoop<M> {
         self.on_timers(now);
         // `drain`, not `take`: the buffer keeps its capacity from turn to turn.
         for (from, msg) in self.inbox.drain(..) {
+            tell_if_removed(self.replica.core(), &mut self.peers, self.poll.registry(), (from, &msg), now);
             self.replica.step(from, msg);
+        }
+        if self.peers.removed.is_some() && self.replica.core().leader_id().is_some() {
+            self.peers.removed = None; // a leader accepts this node again
         }
         let more_requests = self.drain_requests();
         for request in std::mem::take(&mut self.remote_requests) {
@@ -317,7 +321,11 @@ impl<M: StateMachine> NodeLoop<M> {
     }
 
     fn status(&self) -> Status {
-        let mut status = Status { refused: self.peers.refused.clone(), ..self.replica.status() };
+        let mut status = Status {
+            refused: self.peers.refused.clone(),
+            removed: self.peers.removed.clone(),
+            ..self.replica.status()
+        };
         status.metrics.peers = self.peers.traffic();
         for m in &mut status.members {
             m.metadata = self.peers.metadata_of(m.id).map(str::to_owned);
@@ -369,6 +377,23 @@ fn open_storage(config: &Config) -> Result<(NodeStorage, u64), crate::Error> {
     })?;
     let incarnation = storage.incarnation();
     Ok((NodeStorage::File(Box::new(storage)), incarnation))
+}
+
+/// As leader, answers a vote request from a server outside the configuration (Raft drops
+/// it) with a word that it was removed, so its status can say so.
+fn tell_if_removed(
+    core: &Raft,
+    peers: &mut Peers,
+    registry: &mio::Registry,
+    (from, msg): (NodeId, &Message),
+    now: Instant,
+) {
+    if core.role() == Role::Leader
+        && matches!(msg.kind, MessageKind::RequestVote(_))
+        && !core.membership().contains(from)
+    {
+        peers.tell_removed(registry, from, core.current_term().0, now);
+    }
 }
 
 /// The addresses the latest configuration records, parsed.

@@ -102,6 +102,11 @@ pub(crate) struct Peers {
     unread: Vec<Token>,
     /// The last reason a peer gave for refusing us.
     pub refused: Option<String>,
+    /// A leader's word that this node is not in its configuration (it was removed), until
+    /// this node hears from a leader again (see `Wire::Removed`).
+    pub removed: Option<String>,
+    /// When this node (as leader) last told each non-member that it is not one.
+    removals_told: HashMap<NodeId, Instant>,
     deadlines: Deadlines,
     /// Inbound connections displaced by newer ones, closed at the next flush.
     pending_close: Vec<Token>,
@@ -137,6 +142,8 @@ impl Peers {
             unflushed: Vec::new(),
             unread: Vec::new(),
             refused: None,
+            removed: None,
+            removals_told: HashMap::new(),
             deadlines,
             pending_close: Vec::new(),
             clients_found: Vec::new(),
@@ -158,6 +165,28 @@ impl Peers {
             if id != self.me.id && self.addr_of(id).is_some() {
                 self.outbound_token(registry, id, now);
             }
+        }
+    }
+
+    /// As leader: tells `to`, which campaigns without being in this leader's configuration,
+    /// that it was removed, at most once a minute per node (it cannot learn it from the
+    /// log: the leader stopped replicating to it when the change was appended).
+    pub fn tell_removed(&mut self, registry: &Registry, to: NodeId, term: u64, now: Instant) {
+        if self.removals_told.get(&to).is_some_and(|&at| now.duration_since(at) < REFUSAL_LOG_INTERVAL) {
+            return;
+        }
+        if self.removals_told.len() >= REFUSALS_REMEMBERED_MAX {
+            self.removals_told.clear();
+        }
+        self.removals_told.insert(to, now);
+        let Some(token) = self.outbound_token(registry, to, now) else { return };
+        let why = format!(
+            "this node is not in the configuration of the leader (node {}, term {term}): it was removed from the cluster, or is not added yet",
+            self.me.id
+        );
+        let conn = self.conns.get_mut(&token).expect("dialer tokens are live");
+        if conn.conn.queue(&Wire::Removed(why)).is_ok() {
+            self.unflushed.push(token);
         }
     }
 
@@ -491,6 +520,16 @@ impl Peers {
                 Ok(())
             }
             (Side::Inbound { hello: true, .. }, Wire::Keepalive) => Ok(()),
+            (Side::Inbound { peer: Some(peer), hello: true }, Wire::Removed(why)) => {
+                if why.len() > METADATA_BYTES_MAX {
+                    return Err(format!("node {peer} sent an oversized notice"));
+                }
+                if self.removed.is_none() {
+                    log::warn!("node {}: node {peer} says: {why}", self.me.id);
+                }
+                self.removed = Some(format!("node {peer} says: {why}"));
+                Ok(())
+            }
             (Side::Inbound { peer: Some(peer), hello: true }, Wire::Raft(msg)) => {
                 msg.check_well_formed().map_err(|why| format!("malformed Raft message from node {peer}: {why}"))?;
                 inbox.push((*peer, msg));
@@ -635,5 +674,6 @@ fn frame_name(frame: &Wire) -> &'static str {
         Wire::Raft(_) => "Raft",
         Wire::Refused(_) => "Refused",
         Wire::Keepalive => "Keepalive",
+        Wire::Removed(_) => "Removed",
     }
 }

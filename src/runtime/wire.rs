@@ -15,6 +15,9 @@ pub(crate) enum Wire {
     Raft(Message),
     /// The acceptor's last word before closing: why it refused the connection.
     Refused(String),
+    /// The leader tells a server that keeps campaigning that it is not in the leader's
+    /// configuration (it was removed): informational, shown in its status; Raft ignores it.
+    Removed(String),
     /// Sent by a dialer with nothing else to say, so the acceptor's idle timeout (which
     /// closes connections that stopped sending) leaves a healthy link alone.
     Keepalive,
