@@ -26,7 +26,7 @@ fn a_client_given_only_a_follower_reaches_the_leader() {
     let follower = *cluster.nodes.keys().find(|&&id| id != leader).unwrap();
     let client = remote(&[cluster.addrs[&follower]]);
     for v in 1..=20u64 {
-        assert_eq!(client.write(Cmd::Put(v)).expect("write"), v as usize);
+        assert_eq!(client.write_timeout(Cmd::Put(v), PATIENCE).expect("write"), v as usize);
     }
     assert_eq!(client.connected_node(), Some(leader), "it followed the redirect");
     assert_eq!(client.read(Question::Applied).unwrap(), (1..=20).collect::<Vec<_>>());

@@ -383,7 +383,12 @@ impl<M: StateMachine> RemoteClient<M> {
     /// still unknown at the deadline: indeterminate), `SessionExpired` only if a new
     /// session cannot be had either, and the refusals no retry helps (`TooLarge`, ...).
     pub fn write(&self, command: M::Command) -> Result<M::Response> {
-        let deadline = self.deadline();
+        self.write_timeout(command, self.shared.options.timeout)
+    }
+
+    /// [`RemoteClient::write`] with its own timeout (retries included).
+    pub fn write_timeout(&self, command: M::Command, timeout: Duration) -> Result<M::Response> {
+        let deadline = Instant::now() + timeout.min(Duration::from_secs(365 * 24 * 3600));
         let body = rmp_serde::to_vec(&command).map_err(|e| Error::Codec(e.to_string()))?;
         check_command::<M::Command>(&body)?;
         let Some(session) = &self.session else {
