@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::core::NodeId;
 use crate::error::{Error, Peer, Result};
 use crate::remote::{Forwarder, RemoteOptions, decode_answer};
-use crate::replica::{ReadFn, Request, check_command, command_body, encode_command, tag_encoded};
+use crate::replica::{ReadFn, Request, SessionTag, check_command, command_body, encode_command, tag_encoded};
 use crate::runtime::request::{Answer, LocalRequest, Reply, deadline_after, reply_slot};
 use crate::session::{ClientSession, fresh_secret};
 use crate::state_machine::StateMachine;
@@ -127,14 +127,16 @@ impl<M: StateMachine> Client<M> {
         self.check_size(body.len())?;
         check_command::<M::Command>(&body)?;
         loop {
-            let id = self.session_id(session, deadline)?;
-            let Some(seq) = session.begin(id) else { continue };
-            let result = self.write_attempts(session, id, seq, &body, deadline);
-            session.finish(id, seq);
+            let Some(tag) = session.begin() else {
+                self.session_id(session, deadline)?; // registers one
+                continue;
+            };
+            let result = self.write_attempts(session, tag, &body, deadline);
+            session.finish(tag.session, tag.seq);
             match result {
                 // Certainly not applied, and neither was any earlier attempt (they all
                 // ended certain): a new session and a new sequence are safe.
-                Err(Error::SessionExpired) if Instant::now() < deadline => session.expire(id),
+                Err(Error::SessionExpired) if Instant::now() < deadline => session.expire(tag.session),
                 result => return result,
             }
         }
@@ -144,16 +146,18 @@ impl<M: StateMachine> Client<M> {
     fn write_attempts(
         &self,
         session: &ClientSession,
-        id: u64,
-        seq: u64,
+        first: SessionTag,
         body: &[u8],
         deadline: Instant,
     ) -> Result<M::Response> {
         let mut backoff = Duration::from_millis(1);
+        let mut tag = Some(first);
         loop {
             // Every attempt so far ended certain: if a clone replaced the session meanwhile,
-            // starting over in the new one is safe.
-            let Some(tag) = session.tag(id, seq) else { return Err(Error::SessionExpired) };
+            // starting over in the new one is safe. (A retry's tag acknowledges what other
+            // writes of the session finished meanwhile.)
+            let tag = tag.take().or_else(|| session.tag(first.session, first.seq));
+            let Some(tag) = tag else { return Err(Error::SessionExpired) };
             let command = tag_encoded(tag, body);
             let result = self.write_once(command, true, deadline);
             let no_leader = self.forward.is_some() && matches!(result, Err(Error::Redirect { leader: None }));

@@ -55,16 +55,17 @@ impl ClientSession {
         }
     }
 
-    /// Hands out the next sequence of session `id`, or `None` if the session changed.
-    pub fn begin(&self, id: u64) -> Option<u64> {
+    /// Hands out the next sequence of the registered session, with the tag of its first
+    /// attempt (one lock for both: every writer of a client's clones takes it), or `None`
+    /// if no session is registered.
+    pub fn begin(&self) -> Option<SessionTag> {
         let mut s = self.state.lock();
-        if s.id != Some(id) {
-            return None;
-        }
+        let id = s.id?;
         let seq = s.next_seq;
         s.next_seq += 1;
         s.outstanding.insert(seq);
-        Some(seq)
+        let acked = s.outstanding.first().copied().expect("just inserted");
+        Some(SessionTag { session: id, secret: s.secret, seq, acked })
     }
 
     /// The tag for (another attempt of) sequence `seq` of session `id`, or `None` if the

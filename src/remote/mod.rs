@@ -397,9 +397,11 @@ impl<M: StateMachine> RemoteClient<M> {
             return decode(self.shared.call(&make, false, deadline)?);
         };
         loop {
-            let id = self.session_id(session, deadline)?;
-            let Some(seq) = session.begin(id) else { continue };
-            let Some(tag) = session.tag(id, seq) else { continue }; // a clone replaced it
+            let Some(tag) = session.begin() else {
+                self.session_id(session, deadline)?; // registers one
+                continue;
+            };
+            let (id, seq) = (tag.session, tag.seq);
             let command = Bytes(tag_encoded(tag, &body));
             let make = |left: Duration| Call::Write { command: command.clone(), timeout_ms: millis(left) };
             // Every attempt carries the same tag: the node applies it at most once.

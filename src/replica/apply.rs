@@ -4,7 +4,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use super::Replica;
-use super::pending::{take_at, take_through};
+use super::pending::{pop_at, take_through};
 use super::reply::{Channel, Respond};
 use super::session::{self, Admit, Header};
 use crate::core::{LogIndex, Payload, Term};
@@ -124,14 +124,14 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             return;
         }
         let mut outcome = Some(outcome);
-        for (proposed_in, p) in take_at(&mut self.pending.registrations, index) {
+        while let Some((proposed_in, p)) = pop_at(&mut self.pending.registrations, index) {
             let result = match outcome.take_if(|o| proposed_in == term && matches!(o, Outcome::Registered(_))) {
                 Some(Outcome::Registered(id)) => Ok(id),
                 _ => Err(self.dropped()),
             };
             p.reply.send(result);
         }
-        for (proposed_in, p) in take_at(&mut self.pending.writes, index) {
+        while let Some((proposed_in, p)) = pop_at(&mut self.pending.writes, index) {
             let result = match outcome.take_if(|_| proposed_in == term) {
                 Some(Outcome::Applied(response)) => Ok(response),
                 Some(Outcome::Cached(bytes)) => decode_response::<M>(&bytes),

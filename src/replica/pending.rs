@@ -29,11 +29,11 @@ pub(crate) struct Proposed<R> {
 /// Proposals waiting for their entry's fate, by (index, term proposed in).
 pub(crate) type ProposedAt<R> = BTreeMap<(LogIndex, Term), Proposed<R>>;
 
-/// Removes and returns the proposals waiting at `index`, whatever their term.
-pub(crate) fn take_at<R>(proposed: &mut ProposedAt<R>, index: LogIndex) -> Vec<(Term, Proposed<R>)> {
-    let keys: Vec<(LogIndex, Term)> =
-        proposed.range((index, Term(0))..=(index, Term(u64::MAX))).map(|(&k, _)| k).collect();
-    keys.into_iter().map(|k| (k.1, proposed.remove(&k).expect("just found"))).collect()
+/// Removes and returns one proposal waiting at `index` (the one proposed in the lowest
+/// term, if several are), without allocating (this runs for every write answered).
+pub(crate) fn pop_at<R>(proposed: &mut ProposedAt<R>, index: LogIndex) -> Option<(Term, Proposed<R>)> {
+    let (&key, _) = proposed.range((index, Term(0))..=(index, Term(u64::MAX))).next()?;
+    proposed.remove(&key).map(|p| (key.1, p))
 }
 
 /// Removes and returns the proposals waiting at `index` or before.
