@@ -15,7 +15,7 @@ use crate::error::{Error, Peer, Result};
 use crate::remote::{Forwarder, RemoteOptions, decode_answer};
 use crate::replica::{ReadFn, Request, SessionTag, check_command, command_body, encode_command, tag_encoded};
 use crate::runtime::request::{Answer, LocalRequest, Reply, deadline_after, reply_slot};
-use crate::session::{ClientSession, fresh_secret};
+use crate::session::ClientSession;
 use crate::state_machine::StateMachine;
 use crate::status::Status;
 
@@ -193,18 +193,13 @@ impl<M: StateMachine> Client<M> {
     /// meet too (`Redirect`, `Busy`, `Stopped`, ...): a registration that took effect
     /// unbeknownst to us only leaves an unused session, which expires.
     fn session_id(&self, session: &ClientSession, deadline: Instant) -> Result<u64> {
-        if let Some(id) = session.id() {
-            return Ok(id);
-        }
-        // Clones share the session: one registers, the others wait, but never past their
-        // own deadline.
-        let Some(_one_at_a_time) = session.registering.try_lock_until(deadline) else { return Err(Error::Timeout) };
-        if let Some(id) = session.id() {
-            return Ok(id);
-        }
+        session.id_or_register(deadline, |secret| self.register(secret, deadline))
+    }
+
+    /// Registers a session with `secret` through this node (or, forwarding, the leader).
+    fn register(&self, secret: u64, deadline: Instant) -> Result<u64> {
         let mut backoff = Duration::from_millis(1);
         loop {
-            let secret = fresh_secret()?;
             let timeout = deadline.saturating_duration_since(Instant::now());
             let (reply, answer) = reply_slot();
             self.enqueue(Request::RegisterSession { secret, timeout, reply })?;
@@ -214,28 +209,19 @@ impl<M: StateMachine> Client<M> {
                 }
                 (result, _) => result,
             };
-            match result {
-                Ok(id) => {
-                    session.set(id, secret);
-                    return Ok(id);
-                }
-                Err(Error::Dropped { .. } | Error::TransferInProgress | Error::LeadershipLost | Error::Timeout)
-                    if Instant::now() + backoff < deadline =>
-                {
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                }
+            let retry = match &result {
+                Err(Error::Dropped { .. } | Error::TransferInProgress | Error::LeadershipLost | Error::Timeout) => true,
                 // A forwarding client waits for a leader to forward to.
-                Err(Error::Redirect { leader: None })
-                    if self.forward.is_some() && Instant::now() + backoff < deadline =>
-                {
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                }
-                // Certainly nothing registered, or the deadline passed: no session is in
-                // use yet, so no command's fate is uncertain. A timeout is reported as such.
-                Err(e) => return Err(e),
+                Err(Error::Redirect { leader: None }) => self.forward.is_some(),
+                _ => false,
+            };
+            // Certainly nothing registered, or the deadline passed: no session is in use
+            // yet, so no command's fate is uncertain.
+            if !retry || Instant::now() + backoff >= deadline {
+                return result;
             }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         }
     }
 

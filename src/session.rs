@@ -2,6 +2,7 @@
 //! out, and the ones still waiting for an answer.
 
 use std::collections::BTreeSet;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -21,7 +22,7 @@ pub(crate) fn fresh_secret() -> Result<u64> {
 pub(crate) struct ClientSession {
     state: Mutex<State>,
     /// Held while registering, so concurrent first writes register one session.
-    pub registering: Mutex<()>,
+    registering: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -41,8 +42,25 @@ impl ClientSession {
         self.state.lock().id
     }
 
+    /// The session's id, registering one first with `register` (given a fresh secret, it
+    /// answers the new session's id) if there is none. Clones share the session: one
+    /// registers, the others wait for it, never past `deadline`.
+    pub fn id_or_register(&self, deadline: Instant, register: impl FnOnce(u64) -> Result<u64>) -> Result<u64> {
+        if let Some(id) = self.id() {
+            return Ok(id);
+        }
+        let Some(_one_at_a_time) = self.registering.try_lock_until(deadline) else { return Err(Error::Timeout) };
+        if let Some(id) = self.id() {
+            return Ok(id);
+        }
+        let secret = fresh_secret()?;
+        let id = register(secret)?;
+        self.set(id, secret);
+        Ok(id)
+    }
+
     /// Adopts a newly registered session (sequences start again at 1).
-    pub fn set(&self, id: u64, secret: u64) {
+    fn set(&self, id: u64, secret: u64) {
         let mut s = self.state.lock();
         *s = State { id: Some(id), secret, next_seq: 1, outstanding: BTreeSet::new() };
     }

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use crate::core::NodeId;
 use crate::error::{Error, Peer, Result};
 use crate::replica::{check_command, encode_command, tag_encoded};
-use crate::session::{ClientSession, fresh_secret};
+use crate::session::ClientSession;
 use crate::state_machine::{Queries, StateMachine};
 use crate::status::Status;
 use crate::transport::{ClusterKey, DEFAULT_MAX_FRAME_BYTES};
@@ -430,18 +430,10 @@ impl<M: StateMachine> RemoteClient<M> {
     /// The session's id, registering one first if needed (retried: an extra registration
     /// only leaves an unused session, which expires).
     fn session_id(&self, session: &ClientSession, deadline: Instant) -> Result<u64> {
-        if let Some(id) = session.id() {
-            return Ok(id);
-        }
-        let Some(_one_at_a_time) = session.registering.try_lock_until(deadline) else { return Err(Error::Timeout) };
-        if let Some(id) = session.id() {
-            return Ok(id);
-        }
-        let secret = fresh_secret()?;
-        let make = |left: Duration| Call::RegisterSession { secret, timeout_ms: millis(left) };
-        let id: u64 = decode(self.shared.call(&make, true, deadline)?)?;
-        session.set(id, secret);
-        Ok(id)
+        session.id_or_register(deadline, |secret| {
+            let make = |left: Duration| Call::RegisterSession { secret, timeout_ms: millis(left) };
+            decode(self.shared.call(&make, true, deadline)?)
+        })
     }
 
     /// Asks the leader `query` after it confirmed its leadership with a majority
