@@ -76,7 +76,9 @@ impl<M: StateMachine> Client<M> {
     /// instead of answering `Redirect` (Pistis's behaviour; `Redirect` stays the default).
     /// With a session (the default) a forwarded write whose fate is uncertain is sent
     /// again, and still applies once. While no leader is known it waits for one, until
-    /// the timeout. Reads are not forwarded: a closure cannot cross the network.
+    /// the timeout. Reads are not forwarded (a closure cannot cross the network), nor is
+    /// [`Client::submit`] (pipelined writes answer `Redirect` from `wait`; a
+    /// [`crate::RemoteClient`] pipelines to the leader from anywhere).
     pub fn forwarding(&self) -> Client<M> {
         let forward = Forwarder::new((*self.forward_options).clone().timeout(self.timeout));
         Client { forward: Some(Arc::new(forward)), ..self.clone() }
