@@ -318,13 +318,22 @@ impl<M: StateMachine> Client<M> {
     /// leader or membership changes: ra's `state_enter`, openraft's metrics watch,
     /// hashicorp's `LeaderCh`. It holds up to 64 statuses; a receiver that lets it fill
     /// misses changes until it drains it (the latest status is always a `status()` away).
-    /// Dropping the receiver ends the watch.
+    /// Dropping the receiver ends the watch; the node stopping ends it too (the receiver
+    /// then sees the channel disconnected).
     pub fn watch(&self) -> Result<crossbeam_channel::Receiver<Status>> {
         if self.shared.exited.load(Ordering::SeqCst) {
             return explain_stop(&self.shared, Err(Error::Stopped));
         }
         let (tx, rx) = crossbeam_channel::bounded(WATCH_CAPACITY);
-        self.shared.watchers.lock().push(tx);
+        {
+            let mut watchers = self.shared.watchers.lock();
+            // Checked under the lock the node's `Drop` takes to end every watch: either it
+            // ends this one too, or we see it gone.
+            if self.shared.exited.load(Ordering::SeqCst) {
+                return explain_stop(&self.shared, Err(Error::Stopped));
+            }
+            watchers.new.push(tx);
+        }
         self.shared.new_watcher.store(true, Ordering::Release);
         if let Err(e) = self.shared.wake() {
             log::warn!("cannot wake the node thread: {e}");

@@ -58,7 +58,7 @@ impl<M: StateMachine> Node<M> {
             sleeping: AtomicBool::new(false),
             exited: AtomicBool::new(false),
             storage_failure: OnceLock::new(),
-            watchers: parking_lot::Mutex::new(Vec::new()),
+            watchers: parking_lot::Mutex::default(),
             new_watcher: AtomicBool::new(false),
         });
         let (tx, rx) = crossbeam_channel::bounded(config.client_queue);

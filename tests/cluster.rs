@@ -375,3 +375,64 @@ fn every_node_sees_every_members_metadata() {
         });
     }
 }
+
+/// A watch ends when its node stops: the receiver sees the channel disconnected instead of
+/// waiting forever (found by review); a watch asked of a stopped node is refused.
+#[test]
+fn a_watch_ends_when_its_node_stops() {
+    let node = single_node(|c| c);
+    let client = node.client();
+    let watch = client.watch().unwrap();
+    node.stop();
+    let deadline = std::time::Instant::now() + support::cluster::PATIENCE;
+    loop {
+        match watch.recv_deadline(deadline) {
+            Ok(_) => continue, // statuses sent before the stop
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => panic!("the watch outlived its node"),
+        }
+    }
+    assert!(matches!(client.watch(), Err(Error::Stopped)));
+}
+
+/// A follower restarted on its data dir learns every member's metadata again, the other
+/// follower's included (nodes keep dialing every member, not only when the configuration
+/// changes: found by review).
+#[test]
+fn a_restarted_follower_learns_every_members_metadata_again() {
+    let root = tempfile::tempdir().unwrap();
+    let ls = support::cluster::listeners(3);
+    let addrs: std::collections::BTreeMap<u64, std::net::SocketAddr> =
+        ls.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap())).collect();
+    let config = |id: u64| {
+        test_config(id, addrs[&id])
+            .members(addrs.clone())
+            .data_dir(root.path().join(format!("n{id}")))
+            .metadata(format!("api={id}"))
+    };
+    let mut nodes = std::collections::BTreeMap::new();
+    for (i, l) in ls.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        nodes.insert(id, Node::start_with_listener(config(id), l, Recorder::default()).unwrap());
+    }
+    let mut cluster = Cluster { nodes, addrs: addrs.clone() };
+    let leader = cluster.stable_leader();
+    let all_known = |c: &quorate::Client<Recorder>| {
+        c.status().unwrap().members.iter().all(|m| m.metadata.as_deref() == Some(format!("api={}", m.id).as_str()))
+    };
+    let f = *cluster.nodes.keys().find(|&&id| id != leader).unwrap();
+    cluster.stop(f);
+    let mut listener = None;
+    wait_until("the stopped node's port is free again", || {
+        listener = std::net::TcpListener::bind(addrs[&f]).ok();
+        listener.is_some()
+    });
+    let node = Node::start_with_listener(config(f), listener.unwrap(), Recorder::default()).unwrap();
+    let client = node.client();
+    wait_until("the restarted follower knows every member's metadata", || all_known(&client));
+    cluster.nodes.insert(f, node);
+    for id in 1..=3 {
+        let c = cluster.client(id);
+        wait_until(&format!("node {id} knows every member's metadata"), || all_known(&c));
+    }
+}

@@ -169,6 +169,10 @@ fn attack_4_an_impostor_learns_nothing_and_is_refused() {
     let term = status(&cluster, leader).term;
     let _ = a.raft(term + 1, heartbeat(0));
     let _ = a.raft(term, heartbeat(0));
+    // A vote request from a non-member: the leader's "you were removed" goes back on this
+    // connection, never by dialing the address the impostor gave (found by review).
+    let vote = RequestVote { last_log_index: LogIndex(0), last_log_term: Term(0), pre_vote: true, force: false };
+    let _ = a.raft(term + 1, MessageKind::RequestVote(vote));
     a.barrier();
     // An observation window, not a synchronisation: a dial-back would come in microseconds.
     let until = Instant::now() + Duration::from_millis(500);

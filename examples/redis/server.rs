@@ -76,6 +76,9 @@ pub struct Server {
     /// Connections being served. Invariant: <= CLIENTS_MAX once admitted.
     clients: AtomicUsize,
     started: Instant,
+    /// RESP addresses learned from the nodes' announced metadata (a node's metadata never
+    /// changes while it runs, so a learned address stays right).
+    announced: parking_lot::Mutex<BTreeMap<NodeId, SocketAddr>>,
 }
 
 impl Server {
@@ -86,7 +89,16 @@ impl Server {
         client_peers: BTreeMap<NodeId, SocketAddr>,
         options: ServeOptions,
     ) -> Server {
-        Server { client, id, client_addr, client_peers, options, clients: AtomicUsize::new(0), started: Instant::now() }
+        Server {
+            client,
+            id,
+            client_addr,
+            client_peers,
+            options,
+            clients: AtomicUsize::new(0),
+            started: Instant::now(),
+            announced: parking_lot::Mutex::default(),
+        }
     }
 
     /// Accepts connections forever.
@@ -126,12 +138,19 @@ impl Server {
         if id == self.id {
             return Some(self.client_addr);
         }
-        if let Some(&addr) = self.client_peers.get(&id) {
+        if let Some(&addr) = self.client_peers.get(&id).or(self.announced.lock().get(&id)) {
             return Some(addr);
         }
+        // A miss costs one status call, which learns every member's address at once.
         let status = self.client.status().ok()?;
-        let metadata = status.members.into_iter().find(|m| m.id == id)?.metadata?;
-        metadata.strip_prefix(crate::RESP_METADATA_PREFIX)?.parse().ok()
+        let mut announced = self.announced.lock();
+        for m in status.members {
+            let addr = m.metadata.and_then(|t| t.strip_prefix(crate::RESP_METADATA_PREFIX)?.parse().ok());
+            if let Some(addr) = addr {
+                announced.insert(m.id, addr);
+            }
+        }
+        announced.get(&id).copied()
     }
 }
 

@@ -57,7 +57,7 @@ pub(crate) struct Shared {
     pub storage_failure: OnceLock<String>,
     /// Channels that get this node's status whenever its role, leader or membership
     /// changes (see [`crate::Client::watch`]).
-    pub watchers: parking_lot::Mutex<Vec<crossbeam_channel::Sender<Status>>>,
+    pub watchers: parking_lot::Mutex<Watchers>,
     /// A watcher was added: send it the current status at the next turn.
     pub new_watcher: AtomicBool,
 }
@@ -70,6 +70,15 @@ impl Shared {
         fence(Ordering::SeqCst);
         if self.sleeping.swap(false, Ordering::SeqCst) { self.waker.wake() } else { Ok(()) }
     }
+}
+
+/// The channels of [`crate::Client::watch`].
+#[derive(Default)]
+pub(crate) struct Watchers {
+    /// Get the status at every role, leader or membership change.
+    pub all: Vec<crossbeam_channel::Sender<Status>>,
+    /// Added since the last turn: they get the current status first.
+    pub new: Vec<crossbeam_channel::Sender<Status>>,
 }
 
 /// One node's event loop and everything it owns.
@@ -199,7 +208,7 @@ impl<M: StateMachine> NodeLoop<M> {
         self.on_timers(now);
         // `drain`, not `take`: the buffer keeps its capacity from turn to turn.
         for (from, msg) in self.inbox.drain(..) {
-            tell_if_removed(self.replica.core(), &mut self.peers, self.poll.registry(), (from, &msg), now);
+            tell_if_removed(self.replica.core(), &mut self.peers, (from, &msg), now);
             self.replica.step(from, msg);
         }
         if self.peers.removed.is_some() && self.replica.core().leader_id().is_some() {
@@ -240,10 +249,7 @@ impl<M: StateMachine> NodeLoop<M> {
         }
         let changed = self.replica.take_members_changed();
         if changed {
-            let addrs = member_addrs(self.replica.core());
-            let ids: Vec<NodeId> = addrs.keys().copied().collect();
-            self.peers.set_member_addrs(addrs);
-            self.peers.connect_all(self.poll.registry(), ids, now);
+            self.peers.set_member_addrs(member_addrs(self.replica.core()));
         }
         self.notify_watchers(changed);
         self.peers.flush_all(self.poll.registry(), now);
@@ -259,10 +265,17 @@ impl<M: StateMachine> NodeLoop<M> {
             return;
         }
         let status = self.status();
-        self.shared.watchers.lock().retain(|tx| match tx.try_send(status.clone()) {
+        let send = |tx: &crossbeam_channel::Sender<Status>| match tx.try_send(status.clone()) {
             Ok(()) | Err(crossbeam_channel::TrySendError::Full(_)) => true,
             Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
-        });
+        };
+        let mut w = self.shared.watchers.lock();
+        if changed {
+            w.all.retain(send);
+        }
+        let mut fresh = std::mem::take(&mut w.new);
+        fresh.retain(send);
+        w.all.append(&mut fresh);
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -275,6 +288,7 @@ impl<M: StateMachine> NodeLoop<M> {
             self.replica.tick();
             self.next_tick += self.tick;
             self.peers.enforce_deadlines(self.poll.registry(), now);
+            self.peers.connect_members(self.poll.registry(), now);
             self.clients.enforce_deadlines(self.poll.registry(), now, FRAME_DEADLINE);
             ticks += 1;
         }
@@ -352,6 +366,8 @@ impl<M: StateMachine> Drop for NodeLoop<M> {
     fn drop(&mut self) {
         self.shared.exited.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
+        // Ends every watch: their receivers see the channel disconnected.
+        *self.shared.watchers.lock() = Watchers::default();
         for request in self.requests.try_iter() {
             drop(request);
         }
@@ -381,18 +397,12 @@ fn open_storage(config: &Config) -> Result<(NodeStorage, u64), crate::Error> {
 
 /// As leader, answers a vote request from a server outside the configuration (Raft drops
 /// it) with a word that it was removed, so its status can say so.
-fn tell_if_removed(
-    core: &Raft,
-    peers: &mut Peers,
-    registry: &mio::Registry,
-    (from, msg): (NodeId, &Message),
-    now: Instant,
-) {
+fn tell_if_removed(core: &Raft, peers: &mut Peers, (from, msg): (NodeId, &Message), now: Instant) {
     if core.role() == Role::Leader
         && matches!(msg.kind, MessageKind::RequestVote(_))
         && !core.membership().contains(from)
     {
-        peers.tell_removed(registry, from, core.current_term().0, now);
+        peers.tell_removed(from, core.current_term().0, now);
     }
 }
 

@@ -157,12 +157,15 @@ impl Peers {
         self.member_addrs = addrs;
     }
 
-    /// Dials every member in `ids` not yet connected (backoff permitting), so each learns
-    /// this node's Hello (its address and metadata) even if no Raft message goes that way
-    /// (followers never message each other). Outbound connections are kept alive.
-    pub fn connect_all(&mut self, registry: &Registry, ids: impl IntoIterator<Item = NodeId>, now: Instant) {
+    /// Dials every member of the latest configuration not connected (backoff permitting),
+    /// so each learns this node's Hello (its address and metadata) even if no Raft message
+    /// goes that way (followers never message each other), and again after it restarted.
+    /// Outbound connections are kept alive. Called every tick: cheap when all are up.
+    pub fn connect_members(&mut self, registry: &Registry, now: Instant) {
+        let ids: Vec<NodeId> = self.member_addrs.keys().copied().filter(|&id| id != self.me.id).collect();
         for id in ids {
-            if id != self.me.id && self.addr_of(id).is_some() {
+            let connected = self.dialers.get(&id).is_some_and(|d| d.token.is_some());
+            if !connected {
                 self.outbound_token(registry, id, now);
             }
         }
@@ -170,21 +173,27 @@ impl Peers {
 
     /// As leader: tells `to`, which campaigns without being in this leader's configuration,
     /// that it was removed, at most once a minute per node (it cannot learn it from the
-    /// log: the leader stopped replicating to it when the change was appended).
-    pub fn tell_removed(&mut self, registry: &Registry, to: NodeId, term: u64, now: Instant) {
+    /// log: the leader stopped replicating to it when the change was appended). The word
+    /// goes back on the connection its vote request came in on: a non-member is never
+    /// dialed (it could be an impostor, which must learn nothing, not even our Hello).
+    pub fn tell_removed(&mut self, to: NodeId, term: u64, now: Instant) {
         if self.removals_told.get(&to).is_some_and(|&at| now.duration_since(at) < REFUSAL_LOG_INTERVAL) {
             return;
         }
+        let inbound = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.side, Side::Inbound { peer: Some(p), hello: true } if p == to));
+        let Some(token) = inbound.max_by_key(|(_, c)| c.opened_at).map(|(&t, _)| t) else { return };
         if self.removals_told.len() >= REFUSALS_REMEMBERED_MAX {
             self.removals_told.clear();
         }
         self.removals_told.insert(to, now);
-        let Some(token) = self.outbound_token(registry, to, now) else { return };
         let why = format!(
             "this node is not in the configuration of the leader (node {}, term {term}): it was removed from the cluster, or is not added yet",
             self.me.id
         );
-        let conn = self.conns.get_mut(&token).expect("dialer tokens are live");
+        let conn = self.conns.get_mut(&token).expect("just found");
         if conn.conn.queue(&Wire::Removed(why)).is_ok() {
             self.unflushed.push(token);
         }
@@ -463,7 +472,9 @@ impl Peers {
         let mut frames: Vec<Wire> = Vec::new();
         let before = c.conn.bytes_read();
         let outcome = c.conn.read_frames(&mut frames);
-        if let Side::Inbound { peer: Some(peer), .. } = c.side {
+        if let Side::Inbound { peer: Some(peer), .. } = c.side
+            && (self.member_addrs.contains_key(&peer) || self.config_addrs.contains_key(&peer))
+        {
             let traffic = self.traffic.entry(peer).or_default();
             traffic.bytes_in += c.conn.bytes_read() - before;
             traffic.messages_in += frames.iter().filter(|f| matches!(f, Wire::Raft(_))).count() as u64;
@@ -520,7 +531,10 @@ impl Peers {
                 Ok(())
             }
             (Side::Inbound { hello: true, .. }, Wire::Keepalive) => Ok(()),
-            (Side::Inbound { peer: Some(peer), hello: true }, Wire::Removed(why)) => {
+            // Only on a connection we dialed to a member (see `tell_removed`): a hint for
+            // the status, which nothing else acts on.
+            (Side::Outbound(peer), Wire::Removed(why)) => {
+                let peer = *peer;
                 if why.len() > METADATA_BYTES_MAX {
                     return Err(format!("node {peer} sent an oversized notice"));
                 }
