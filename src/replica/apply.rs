@@ -26,7 +26,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         let mut count = 0u64;
         while self.applied < end && self.poisoned.is_none() {
             if count > 0
-                && (count.is_power_of_two() || count % 32 == 0)
+                && (count.is_power_of_two() || count.is_multiple_of(32))
                 && let Some((at, max)) = started
                 && at.elapsed() >= max
             {
