@@ -405,6 +405,7 @@ mod tests {
             ("zero queue", base().client_queue(0)),
             ("short secret", base().cluster_secret("short")),
             ("advertise every interface", base().advertise("0.0.0.0:7000".parse().unwrap())),
+            ("metadata over 1 KiB", base().metadata("x".repeat(1025))),
             ("zero node id", Config::new(0, addr(7000))),
         ];
         for (name, config) in cases {

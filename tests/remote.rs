@@ -265,3 +265,31 @@ fn a_client_that_stalls_mid_frame_is_closed() {
     assert!(client.closed_within(PATIENCE), "a stalled client frame kept its connection open");
     assert_eq!(cluster.client(1).status().unwrap().role, Role::Leader);
 }
+
+/// One remote connection may have at most 4096 requests unanswered: past that the node
+/// answers `Busy` at once instead of holding more (a rule no other test reaches).
+#[test]
+fn a_client_with_too_many_requests_in_flight_gets_busy() {
+    use std::io::Write;
+    use support::cluster::HeldNode;
+    let cluster = Cluster::start(1);
+    cluster.stable_leader();
+    let mut client = Attacker::handshake_as(cluster.addrs[&1], 79, &ClusterKey::unauthenticated(), true).unwrap();
+    let held = HeldNode::hold(&cluster.client(1)); // nothing is answered while held
+    // 4097 AwaitLeader requests that wait for a leader other than the current one (never
+    // answered within the test), then one more request that must be refused.
+    let mut frames = Vec::new();
+    for id in 1..=4097u64 {
+        // ClientRequest { id, call: Call::AwaitLeader { other_than: Some(1), timeout_ms } }
+        let call = std::collections::BTreeMap::from([("AwaitLeader", (Some(1u64), 60_000u64))]);
+        let request = (id, call);
+        frames.extend_from_slice(&support::attacker::frame(&request));
+    }
+    client.stream.write_all(&frames).unwrap();
+    held.release();
+    // Answers to ids 1..=4096 do not come (they wait); 4097 comes back Busy.
+    let (id, result): (u64, Result<serde::de::IgnoredAny, String>) = client.read_frame().expect("an answer");
+    assert_eq!(id, 4097);
+    assert_eq!(result.unwrap_err(), "Busy");
+    assert_eq!(cluster.client(1).status().unwrap().role, Role::Leader);
+}
