@@ -3,8 +3,8 @@
 //! ping-pong between two mio threads; the throughput of 64, 256 and 1024 blocking writer
 //! threads against as many threads calling one mio thread and back (channel, `Waker`,
 //! condvar slot: the library's client path with no Raft and no TCP); one thread keeping
-//! 256 writes in flight with `submit` against the same floor pipelined. Commands are
-//! 16 bytes. CPU per op counts every thread of the process (all nodes and clients).
+//! 256 writes in flight with `submit` (and 4096, a deeper pipeline) against the same floor
+//! pipelined (256 in flight). Commands are 16 bytes. CPU per op counts every thread of the process (all nodes and clients).
 //!
 //! `cargo bench --bench writes` prints one `name=value` line per figure.
 //! `QUORATE_BENCH_SECS` sets each figure's length (default 2); `QUORATE_BENCH_ONLY` runs
@@ -17,6 +17,8 @@ use common::*;
 
 const WRITERS: [usize; 3] = [64, 256, 1024];
 const WINDOW: usize = 256;
+/// A deeper pipeline: batches grow with the queue, so per-write costs shrink.
+const DEEP_WINDOW: usize = 4096;
 
 struct Floors {
     ping_p50: f64,
@@ -126,17 +128,19 @@ fn main() {
         }
     }
     if enabled("pipelined") {
-        let (rate, cpu, _) = pipelined(
-            WINDOW,
-            duration,
-            || client.submit(put(COMMAND_BYTES)).unwrap(),
-            |p| {
-                std::hint::black_box(p.wait().unwrap());
-            },
-        );
-        figure("write_throughput_pipelined_per_s", rate);
-        ratio("write_throughput_pipelined_floor_ratio", rate, floors.as_ref().map(|f| f.pipelined));
-        figure("write_cpu_pipelined_us", cpu);
+        for (window, name) in [(WINDOW, "pipelined"), (DEEP_WINDOW, "pipelined_4096")] {
+            let (rate, cpu, _) = pipelined(
+                window,
+                duration,
+                || client.submit(put(COMMAND_BYTES)).unwrap(),
+                |p| {
+                    std::hint::black_box(p.wait().unwrap());
+                },
+            );
+            figure(&format!("write_throughput_{name}_per_s"), rate);
+            ratio(&format!("write_throughput_{name}_floor_ratio"), rate, floors.as_ref().map(|f| f.pipelined));
+            figure(&format!("write_cpu_{name}_us"), cpu);
+        }
     }
     if enabled("sessions") {
         // Sessions (§6.3) are on by default; the same figures from a client without one.

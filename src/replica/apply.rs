@@ -4,7 +4,6 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use super::Replica;
-use super::pending::{pop_at, take_through};
 use super::reply::{Channel, Respond};
 use super::session::{self, Admit, Header};
 use crate::core::{LogIndex, Payload, Term};
@@ -128,14 +127,14 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             return;
         }
         let mut outcome = Some(outcome);
-        while let Some((proposed_in, p)) = pop_at(&mut self.pending.registrations, index) {
+        while let Some((proposed_in, p)) = self.pending.registrations.pop_at(index) {
             let result = match outcome.take_if(|o| proposed_in == term && matches!(o, Outcome::Registered(_))) {
                 Some(Outcome::Registered(id)) => Ok(id),
                 _ => Err(self.dropped()),
             };
             p.reply.send(result);
         }
-        while let Some((proposed_in, p)) = pop_at(&mut self.pending.writes, index) {
+        while let Some((proposed_in, p)) = self.pending.writes.pop_at(index) {
             let result = match outcome.take_if(|_| proposed_in == term) {
                 Some(Outcome::Applied(response)) => Ok(response),
                 Some(Outcome::Cached(bytes)) => decode_response::<M>(&bytes),
@@ -149,7 +148,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
     /// After a snapshot moved `applied` past proposals still waiting: the session table
     /// says what became of tagged commands; for the rest nobody can tell any more.
     pub(super) fn answer_skipped(&mut self) {
-        for (_, p) in take_through(&mut self.pending.writes, self.applied) {
+        for p in self.pending.writes.take_through(self.applied) {
             let result = match p.tag.map(|tag| self.sessions.lookup(tag)) {
                 Some(Some(Ok(bytes))) => decode_response::<M>(&bytes),
                 // The snapshot covers the entry, and the session has no response for it.
@@ -158,7 +157,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             };
             p.reply.send(result);
         }
-        for (_, p) in take_through(&mut self.pending.registrations, self.applied) {
+        for p in self.pending.registrations.take_through(self.applied) {
             p.reply.send(Err(Error::LeadershipLost));
         }
     }

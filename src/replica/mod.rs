@@ -20,6 +20,7 @@ mod pending;
 mod persist;
 mod reply;
 mod request;
+mod responses;
 mod session;
 mod snapshot;
 
@@ -193,7 +194,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
                         self.metrics.proposals += 1;
                         let term = self.core.current_term();
                         let proposed = Proposed { tag, deadline, reply: reply.proposed() };
-                        let old = self.pending.writes.insert((index, term), proposed);
+                        let old = self.pending.writes.insert(index, term, proposed);
                         debug_assert!(old.is_none(), "one proposal per index and term");
                     }
                     Err(e) => reply.send(Err(self.refusal(e))),
@@ -206,7 +207,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
                         self.metrics.proposals += 1;
                         let term = self.core.current_term();
                         let proposed = Proposed { tag: None, deadline, reply: reply.proposed() };
-                        let old = self.pending.registrations.insert((index, term), proposed);
+                        let old = self.pending.registrations.insert(index, term, proposed);
                         debug_assert!(old.is_none(), "one proposal per index and term");
                     }
                     Err(e) => reply.send(Err(self.refusal(e))),
@@ -369,8 +370,9 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         self.core.check_invariants();
         assert!(self.applied <= self.core.commit_index(), "applied beyond commit");
         assert!(self.storage.synced() <= self.appended, "storage synced more than it was given");
-        let first_waiting = self.pending.writes.keys().chain(self.pending.registrations.keys()).min();
-        assert!(first_waiting.is_none_or(|&(i, _)| i > self.applied), "a proposal waits for an index already applied");
+        let first_waiting =
+            self.pending.writes.first_key().into_iter().chain(self.pending.registrations.first_key()).min();
+        assert!(first_waiting.is_none_or(|(i, _)| i > self.applied), "a proposal waits for an index already applied");
     }
 
     // ----- helpers -----

@@ -1,6 +1,6 @@
 //! Client requests the node thread has accepted and not yet answered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 use super::reply::{Channel, Respond};
 use super::session::SessionTag;
@@ -26,20 +26,82 @@ pub(crate) struct Proposed<R> {
     pub reply: R,
 }
 
-/// Proposals waiting for their entry's fate, by (index, term proposed in).
-pub(crate) type ProposedAt<R> = BTreeMap<(LogIndex, Term), Proposed<R>>;
-
-/// Removes and returns one proposal waiting at `index` (the one proposed in the lowest
-/// term, if several are), without allocating (this runs for every write answered).
-pub(crate) fn pop_at<R>(proposed: &mut ProposedAt<R>, index: LogIndex) -> Option<(Term, Proposed<R>)> {
-    let (&key, _) = proposed.range((index, Term(0))..=(index, Term(u64::MAX))).next()?;
-    proposed.remove(&key).map(|p| (key.1, p))
+/// Proposals waiting for their entry's fate, sorted by (index, term proposed in).
+///
+/// A leader proposes at increasing indexes and entries are applied in index order, so
+/// proposals join at the back and leave from the front: a deque, not a tree (this runs
+/// for every write). Only after a change of leader can a proposal land before others (the
+/// new leader overwrote their indexes), and then it is inserted in order.
+pub(crate) struct ProposedAt<R> {
+    queue: VecDeque<((LogIndex, Term), Proposed<R>)>,
 }
 
-/// Removes and returns the proposals waiting at `index` or before.
-pub(crate) fn take_through<R>(proposed: &mut ProposedAt<R>, index: LogIndex) -> ProposedAt<R> {
-    let later = proposed.split_off(&(index.next(), Term(0)));
-    std::mem::replace(proposed, later)
+impl<R> ProposedAt<R> {
+    pub fn new() -> ProposedAt<R> {
+        ProposedAt { queue: VecDeque::new() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The lowest (index, term) waiting.
+    pub fn first_key(&self) -> Option<(LogIndex, Term)> {
+        self.queue.front().map(|(k, _)| *k)
+    }
+
+    /// Adds the proposal of `index` made in `term`; returns the one it replaces, if any.
+    pub fn insert(&mut self, index: LogIndex, term: Term, p: Proposed<R>) -> Option<Proposed<R>> {
+        let key = (index, term);
+        if self.queue.back().is_none_or(|(k, _)| *k < key) {
+            self.queue.push_back((key, p));
+            return None;
+        }
+        let at = self.queue.partition_point(|(k, _)| *k < key);
+        if self.queue[at].0 == key {
+            return Some(std::mem::replace(&mut self.queue[at].1, p));
+        }
+        self.queue.insert(at, (key, p));
+        None
+    }
+
+    /// Removes and returns one proposal waiting at `index` (the one proposed in the
+    /// lowest term, if several are).
+    pub fn pop_at(&mut self, index: LogIndex) -> Option<(Term, Proposed<R>)> {
+        let at = match self.queue.front() {
+            Some(((i, _), _)) if *i == index => 0,
+            _ => self.queue.partition_point(|((i, _), _)| *i < index),
+        };
+        if self.queue.get(at).is_none_or(|((i, _), _)| *i != index) {
+            return None;
+        }
+        self.queue.remove(at).map(|((_, term), p)| (term, p))
+    }
+
+    /// Removes and returns the proposals waiting at `index` or before.
+    pub fn take_through(&mut self, index: LogIndex) -> Vec<Proposed<R>> {
+        let end = self.queue.partition_point(|((i, _), _)| *i <= index);
+        self.queue.drain(..end).map(|(_, p)| p).collect()
+    }
+
+    /// Removes and returns every proposal.
+    pub fn take_all(&mut self) -> Vec<Proposed<R>> {
+        self.queue.drain(..).map(|(_, p)| p).collect()
+    }
+
+    /// Removes and returns the proposals whose deadline is `now` or earlier.
+    fn take_expired(&mut self, now: Deadline) -> Vec<Proposed<R>> {
+        if self.queue.iter().all(|(_, p)| p.deadline > now) {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        let mut waiting = VecDeque::with_capacity(self.queue.len());
+        for (k, p) in self.queue.drain(..) {
+            if p.deadline <= now { expired.push(p) } else { waiting.push_back((k, p)) }
+        }
+        self.queue = waiting;
+        expired
+    }
 }
 
 /// Everything waiting for the Raft core or the state machine.
@@ -72,8 +134,8 @@ pub(crate) type LeaderWaiter<C> = (Option<NodeId>, <C as Channel>::Reply<NodeId>
 impl<M: StateMachine, C: Channel> Pending<M, C> {
     pub fn new() -> Pending<M, C> {
         Pending {
-            writes: BTreeMap::new(),
-            registrations: BTreeMap::new(),
+            writes: ProposedAt::new(),
+            registrations: ProposedAt::new(),
             swept_at: 0,
             unconfirmed_reads: HashMap::new(),
             confirmed_reads: Vec::new(),
@@ -182,10 +244,10 @@ impl<M: StateMachine, C: Channel> Pending<M, C> {
     /// Fails everything at shutdown: proposed work is indeterminate, the rest `Stopped`.
     pub fn fail_all(&mut self) {
         self.fail_leader_work(|| Error::LeadershipLost);
-        for (_, p) in std::mem::take(&mut self.writes) {
+        for p in self.writes.take_all() {
             p.reply.send(Err(Error::LeadershipLost));
         }
-        for (_, p) in std::mem::take(&mut self.registrations) {
+        for p in self.registrations.take_all() {
             p.reply.send(Err(Error::LeadershipLost));
         }
         for (_, (_, w)) in self.leader_waiters.drain(..) {
@@ -201,12 +263,7 @@ impl<M: StateMachine, C: Channel> Pending<M, C> {
 /// sweeps too: its client has given up, and the entry is applied whether or not anyone
 /// still waits.)
 fn expire_proposed<T: Send + 'static, R: Respond<T>>(proposed: &mut ProposedAt<R>, now: Deadline) {
-    if proposed.values().all(|p| p.deadline > now) {
-        return;
-    }
-    let expired: Vec<(LogIndex, Term)> = proposed.iter().filter(|(_, p)| p.deadline <= now).map(|(&k, _)| k).collect();
-    for key in expired {
-        let p = proposed.remove(&key).expect("just found");
+    for p in proposed.take_expired(now) {
         p.reply.send(Err(Error::Timeout));
     }
 }
@@ -216,4 +273,33 @@ fn extract_expired<T>(waiters: &mut Vec<(Deadline, T)>, now: Deadline) -> Vec<(D
     let (expired, waiting) = std::mem::take(waiters).into_iter().partition(|(deadline, _)| *deadline <= now);
     *waiters = waiting;
     expired
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(deadline: Deadline) -> Proposed<u32> {
+        Proposed { tag: None, deadline, reply: deadline as u32 }
+    }
+
+    #[test]
+    fn proposals_leave_in_index_then_term_order() {
+        let mut q = ProposedAt::new();
+        assert!(q.insert(LogIndex(5), Term(1), p(5)).is_none());
+        assert!(q.insert(LogIndex(6), Term(1), p(6)).is_none());
+        // A new leader overwrote index 5 and 6: proposals land before and among the others.
+        assert!(q.insert(LogIndex(5), Term(2), p(52)).is_none());
+        assert!(q.insert(LogIndex(4), Term(2), p(42)).is_none());
+        assert_eq!(q.insert(LogIndex(6), Term(1), p(61)).map(|old| old.reply), Some(6));
+        assert_eq!(q.first_key(), Some((LogIndex(4), Term(2))));
+        assert!(q.pop_at(LogIndex(3)).is_none());
+        assert_eq!(q.pop_at(LogIndex(5)).map(|(t, p)| (t, p.reply)), Some((Term(1), 5)));
+        assert_eq!(q.pop_at(LogIndex(5)).map(|(t, p)| (t, p.reply)), Some((Term(2), 52)));
+        assert!(q.pop_at(LogIndex(5)).is_none());
+        assert_eq!(q.take_through(LogIndex(5)).iter().map(|p| p.reply).collect::<Vec<_>>(), [42]);
+        assert_eq!(q.take_expired(60).len(), 0);
+        assert_eq!(q.take_expired(61).iter().map(|p| p.reply).collect::<Vec<_>>(), [61]);
+        assert!(q.is_empty());
+    }
 }
