@@ -125,7 +125,7 @@ impl<M: StateMachine> Client<M> {
             check_command::<M::Command>(command_body(&command).expect("a plain command"))?;
             return self.write_once(command, false, deadline);
         };
-        let body = rmp_serde::to_vec(&command).map_err(|e| Error::Codec(e.to_string()))?;
+        let body = crate::codec::to_vec(&command).map_err(Error::Codec)?;
         self.check_size(body.len())?;
         check_command::<M::Command>(&body)?;
         loop {

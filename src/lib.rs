@@ -90,6 +90,7 @@
 #![deny(missing_docs)]
 
 mod client;
+mod codec;
 mod config;
 mod config_file;
 pub mod core;

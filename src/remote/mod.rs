@@ -389,7 +389,7 @@ impl<M: StateMachine> RemoteClient<M> {
     /// [`RemoteClient::write`] with its own timeout (retries included).
     pub fn write_timeout(&self, command: M::Command, timeout: Duration) -> Result<M::Response> {
         let deadline = Instant::now() + timeout.min(Duration::from_secs(365 * 24 * 3600));
-        let body = rmp_serde::to_vec(&command).map_err(|e| Error::Codec(e.to_string()))?;
+        let body = crate::codec::to_vec(&command).map_err(Error::Codec)?;
         check_command::<M::Command>(&body)?;
         let Some(session) = &self.session else {
             let command = Bytes(encode_command(None, &command)?);

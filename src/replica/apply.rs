@@ -5,11 +5,14 @@ use std::time::Instant;
 
 use super::Replica;
 use super::reply::{Channel, Respond};
-use super::session::{self, Admit, Header};
+use super::session::{self, Admit, Header, Stored};
 use crate::core::{LogIndex, Payload, Term};
 use crate::error::Error;
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
+
+/// Largest response-encoding buffer kept between responses.
+const SCRATCH_KEPT_MAX: usize = 64 << 10;
 
 impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
     /// Applies committed entries, within the apply budget (but at least one), answers
@@ -110,10 +113,17 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             // Encoded the same way on every server, so every table is the same. A response
             // that cannot be encoded fails alike everywhere: the table records the failure
             // (an empty response) instead of stopping every server at this index.
-            let stored = rmp_serde::to_vec(&response).unwrap_or_else(|e| {
-                log::error!("node {}: cannot encode the response to the command at {index}: {e}", self.core.id());
-                Vec::new()
-            });
+            self.encode_scratch.clear();
+            let stored = match rmp_serde::encode::write(&mut self.encode_scratch, &response) {
+                Ok(()) => Stored::new(&self.encode_scratch),
+                Err(e) => {
+                    log::error!("node {}: cannot encode the response to the command at {index}: {e}", self.core.id());
+                    Stored::new(&[])
+                }
+            };
+            if self.encode_scratch.capacity() > SCRATCH_KEPT_MAX {
+                self.encode_scratch = Vec::new(); // one huge response need not pin its buffer
+            }
             self.sessions.record(index.0, tag, Some(stored));
         }
         Outcome::Applied(response)
@@ -184,7 +194,7 @@ enum Outcome<R> {
     /// The state machine's response.
     Applied(R),
     /// A retried command's response, from the session table.
-    Cached(Vec<u8>),
+    Cached(Stored),
     /// The command was refused, not applied.
     Refused(Error),
     /// A session was registered with this id.

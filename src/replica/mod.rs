@@ -104,6 +104,9 @@ pub struct Replica<M: StateMachine, S: Storage, C: Channel> {
     applied_bytes_since: u64,
     /// No snapshot is taken before this applied index (set after a failed one).
     snapshot_not_before: LogIndex,
+    /// Where responses are encoded before the session table keeps an exact-size copy
+    /// (reused, so recording one costs one allocation).
+    encode_scratch: Vec<u8>,
 }
 
 impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
@@ -140,6 +143,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             snapshot_saving: false,
             applied_bytes_since: 0,
             snapshot_not_before: LogIndex(0),
+            encode_scratch: Vec::new(),
         };
         if applied > LogIndex(0) {
             replica.restore_from_storage().map_err(|e| {

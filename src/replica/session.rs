@@ -236,10 +236,7 @@ pub(crate) enum Admit {
     Expired,
 }
 
-/// A response as the table keeps it: MessagePack, or empty if the response could not be
-/// encoded (no MessagePack value is empty, so the two never mix). Recording the failure,
-/// rather than stopping, keeps every replica going: the encoding fails alike on all.
-pub(crate) type Stored = Vec<u8>;
+pub(crate) use super::responses::Stored;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
@@ -580,11 +577,11 @@ mod tests {
     fn a_retry_is_answered_from_the_table() {
         let (mut s, id) = table(5, SessionLimits::default());
         assert_eq!(s.admit(6, tag(id, 1, 1)), Admit::Fresh);
-        s.record(6, tag(id, 1, 1), Some(vec![42]));
-        assert_eq!(s.admit(7, tag(id, 1, 1)), Admit::Duplicate(vec![42]));
+        s.record(6, tag(id, 1, 1), Some(vec![42].into()));
+        assert_eq!(s.admit(7, tag(id, 1, 1)), Admit::Duplicate(vec![42].into()));
         // Acknowledging 1 (the client now waits for 2 and up) forgets its response.
         assert_eq!(s.admit(8, tag(id, 2, 2)), Admit::Fresh);
-        s.record(8, tag(id, 2, 2), Some(vec![43]));
+        s.record(8, tag(id, 2, 2), Some(vec![43].into()));
         assert_eq!(s.admit(9, tag(id, 1, 1)), Admit::Expired, "acknowledged, forgotten, refused");
         assert_eq!(s.admit(9, tag(99, 1, 1)), Admit::Expired, "unknown session");
     }
@@ -592,11 +589,11 @@ mod tests {
     #[test]
     fn a_tag_with_the_wrong_secret_is_refused_and_changes_nothing() {
         let (mut s, id) = table(1, SessionLimits::default());
-        s.record(2, tag(id, 1, 1), Some(vec![1]));
+        s.record(2, tag(id, 1, 1), Some(vec![1].into()));
         let forged = SessionTag { secret: SECRET + 1, ..tag(id, 2, u64::MAX) };
         assert_eq!(s.admit(3, forged), Admit::Expired, "a guessed id without the secret");
         assert!(matches!(s.lookup(SessionTag { secret: 0, ..tag(id, 1, 1) }), Some(Err(Error::SessionExpired))));
-        assert_eq!(s.admit(4, tag(id, 1, 1)), Admit::Duplicate(vec![1]), "the owner's response is still there");
+        assert_eq!(s.admit(4, tag(id, 1, 1)), Admit::Duplicate(vec![1].into()), "the owner's response is still there");
         assert_eq!(s.admit(4, tag(id, 2, 1)), Admit::Fresh, "the owner's next command still applies");
     }
 
@@ -604,10 +601,10 @@ mod tests {
     fn sessions_expire_by_log_position_and_by_count() {
         let (mut s, a) = table(1, limits(2, 10, 2, u64::MAX));
         let b = s.register(2, SECRET, limits(2, 10, 2, u64::MAX));
-        s.record(3, tag(a, 1, 1), Some(vec![1]));
+        s.record(3, tag(a, 1, 1), Some(vec![1].into()));
         let c = s.register(4, SECRET, limits(2, 10, 2, u64::MAX)); // evicts b, the least recently used
         assert_eq!(s.admit(5, tag(b, 1, 1)), Admit::Expired);
-        assert_eq!(s.admit(5, tag(a, 1, 1)), Admit::Duplicate(vec![1]));
+        assert_eq!(s.admit(5, tag(a, 1, 1)), Admit::Duplicate(vec![1].into()));
         assert_eq!(s.admit(14, tag(c, 1, 1)), Admit::Fresh, "untouched for exactly 10 entries");
         assert_eq!(s.admit(15, tag(c, 1, 1)), Admit::Expired, "untouched for 11");
         assert_eq!(s.len(), 0, "a (last active at 3) expired before c");
@@ -616,11 +613,11 @@ mod tests {
     #[test]
     fn the_latest_registration_sets_the_limits() {
         let (mut s, a) = table(1, limits(8, 1_000, 8, u64::MAX));
-        s.record(2, tag(a, 1, 1), Some(vec![1]));
+        s.record(2, tag(a, 1, 1), Some(vec![1].into()));
         // A registration proposed by a node configured with a shorter expiry: every
         // replica applies it, so every replica now expires `a` at the same index.
         let b = s.register(3, SECRET, limits(8, 5, 8, u64::MAX));
-        assert_eq!(s.admit(7, tag(a, 1, 1)), Admit::Duplicate(vec![1]), "untouched for 5");
+        assert_eq!(s.admit(7, tag(a, 1, 1)), Admit::Duplicate(vec![1].into()), "untouched for 5");
         assert_eq!(s.admit(8, tag(a, 1, 1)), Admit::Expired, "untouched for 6, under the new limits");
         assert_eq!(s.admit(8, tag(b, 1, 1)), Admit::Fresh);
     }
@@ -629,10 +626,10 @@ mod tests {
     fn responses_per_session_are_bounded() {
         let (mut s, id) = table(1, limits(8, 100, 2, u64::MAX));
         for seq in 1..=3 {
-            s.record(1 + seq, tag(id, seq, 1), Some(vec![seq as u8]));
+            s.record(1 + seq, tag(id, seq, 1), Some(vec![seq as u8].into()));
         }
         assert_eq!(s.admit(5, tag(id, 1, 1)), Admit::Expired, "the oldest was forgotten");
-        assert_eq!(s.admit(5, tag(id, 3, 1)), Admit::Duplicate(vec![3]));
+        assert_eq!(s.admit(5, tag(id, 3, 1)), Admit::Duplicate(vec![3].into()));
     }
 
     #[test]
@@ -640,13 +637,13 @@ mod tests {
         let l = limits(8, 100, 100, 10);
         let (mut s, a) = table(1, l);
         let b = s.register(2, SECRET, l);
-        s.record(3, tag(a, 1, 1), Some(vec![0; 6]));
-        s.record(4, tag(b, 1, 1), Some(vec![0; 6])); // 12 > 10: a, least recently used, goes
+        s.record(3, tag(a, 1, 1), Some(vec![0; 6].into()));
+        s.record(4, tag(b, 1, 1), Some(vec![0; 6].into())); // 12 > 10: a, least recently used, goes
         assert_eq!(s.admit(5, tag(a, 2, 1)), Admit::Expired, "evicted for its bytes");
-        assert_eq!(s.admit(5, tag(b, 1, 1)), Admit::Duplicate(vec![0; 6]));
-        s.record(6, tag(b, 2, 1), Some(vec![0; 6])); // alone over the budget: its oldest goes
+        assert_eq!(s.admit(5, tag(b, 1, 1)), Admit::Duplicate(vec![0; 6].into()));
+        s.record(6, tag(b, 2, 1), Some(vec![0; 6].into())); // alone over the budget: its oldest goes
         assert_eq!(s.admit(7, tag(b, 1, 1)), Admit::Expired);
-        assert_eq!(s.admit(7, tag(b, 2, 1)), Admit::Duplicate(vec![0; 6]));
+        assert_eq!(s.admit(7, tag(b, 2, 1)), Admit::Duplicate(vec![0; 6].into()));
         assert_eq!(s.bytes, 6);
     }
 
@@ -656,15 +653,15 @@ mod tests {
         let (mut s, a) = table(1, l);
         let b = s.register(2, SECRET, l);
         let c = s.register(3, SECRET, l);
-        s.record(4, tag(b, 1, 1), Some(vec![0; 2]));
-        s.record(5, tag(a, 1, 1), Some(vec![0; 2]));
-        s.record(6, tag(c, 1, 1), Some(vec![0; 8])); // 12 > 10: b, used least recently, goes
+        s.record(4, tag(b, 1, 1), Some(vec![0; 2].into()));
+        s.record(5, tag(a, 1, 1), Some(vec![0; 2].into()));
+        s.record(6, tag(c, 1, 1), Some(vec![0; 8].into())); // 12 > 10: b, used least recently, goes
         assert_eq!(s.admit(7, tag(b, 2, 1)), Admit::Expired);
-        assert_eq!(s.admit(7, tag(a, 1, 1)), Admit::Duplicate(vec![0; 2]));
+        assert_eq!(s.admit(7, tag(a, 1, 1)), Admit::Duplicate(vec![0; 2].into()));
         let d = s.register(8, SECRET, l);
         let e = s.register(9, SECRET, l); // full (3): of a (5), c (6) and d (8), a goes
         assert_eq!(s.admit(10, tag(a, 2, 1)), Admit::Expired);
-        assert_eq!(s.admit(10, tag(c, 1, 1)), Admit::Duplicate(vec![0; 8]));
+        assert_eq!(s.admit(10, tag(c, 1, 1)), Admit::Duplicate(vec![0; 8].into()));
         assert_eq!(s.admit(10, tag(d, 1, 1)), Admit::Fresh);
         assert_eq!(s.admit(10, tag(e, 1, 1)), Admit::Fresh);
     }
@@ -673,7 +670,7 @@ mod tests {
     fn the_table_survives_a_snapshot_and_rejects_corruption() {
         let l = limits(3, 4, 5, 6);
         let (mut s, id) = table(1, l);
-        s.record(2, tag(id, 1, 1), Some(vec![7]));
+        s.record(2, tag(id, 1, 1), Some(vec![7].into()));
         let mut bytes = Vec::new();
         s.write_to(&mut bytes).unwrap();
         bytes.extend_from_slice(b"machine");
@@ -681,7 +678,7 @@ mod tests {
         let mut back = Sessions::read_from(&mut reader).unwrap();
         assert_eq!(reader, b"machine", "leaves the reader at the machine's bytes");
         assert_eq!((back.limits, back.bytes), (l, 1), "the limits in force and the byte count come back");
-        assert_eq!(back.admit(3, tag(id, 1, 1)), Admit::Duplicate(vec![7]));
+        assert_eq!(back.admit(3, tag(id, 1, 1)), Admit::Duplicate(vec![7].into()));
         let table = bytes.len() - b"machine".len();
         for cut in [0, 5, 16, table - 1] {
             assert!(Sessions::read_from(&mut &bytes[..cut]).is_err(), "a table cut at {cut} of {table} bytes");

@@ -89,7 +89,7 @@ impl<T> Remote<T> {
 
 /// Encodes an answer for a remote client with MessagePack.
 pub(crate) fn encode_msgpack<T: serde::Serialize>(value: T) -> std::result::Result<Vec<u8>, String> {
-    rmp_serde::to_vec(&value).map_err(|e| e.to_string())
+    crate::codec::to_vec(&value)
 }
 
 enum Way<T> {
