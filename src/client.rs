@@ -376,7 +376,7 @@ impl<M: StateMachine> Client<M> {
         self.call(|reply| Request::TransferLeadership { to, reply })
     }
 
-    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> LocalRequest<M>) -> Result<T> {
+    fn call<T: 'static>(&self, make: impl FnOnce(Reply<T>) -> LocalRequest<M>) -> Result<T> {
         let (reply, answer) = reply_slot();
         self.enqueue(make(reply))?;
         explain_stop(&self.shared, answer.wait(self.timeout))

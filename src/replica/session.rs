@@ -352,9 +352,10 @@ impl Sessions {
     /// sessions other than `current`, then forgets `current`'s oldest responses.
     fn enforce_bytes(&mut self, current: u64) {
         let max = self.limits.max_bytes;
-        if self.bytes > max {
-            self.refresh_activity();
+        if self.bytes <= max {
+            return;
         }
+        self.refresh_activity();
         let mut order = self.by_activity.iter().map(|&(_, id)| id).filter(|&id| id != current);
         let mut victims = Vec::new();
         let mut bytes = self.bytes;

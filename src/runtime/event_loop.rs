@@ -22,7 +22,7 @@ use crate::transport::ConnectionConfig;
 use super::clients::Clients;
 use super::limits::{AcceptRetry, Deadlines, FRAME_DEADLINE};
 use super::peers::{Identity, Peers};
-use super::request::{Local, LocalRequest};
+use super::request::{self, Local, LocalRequest};
 
 /// The listening socket's token.
 pub(crate) const LISTENER: Token = Token(0);
@@ -156,7 +156,10 @@ impl<M: StateMachine> NodeLoop<M> {
         }
         log::info!("node {}: running on {:?}", self.id, self.listener.local_addr());
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        request::defer_wakes();
         while !self.shared.stop.load(Ordering::Acquire) && self.replica.poisoned().is_none() {
+            // The last turn's output is written: now its answers' waiters are woken.
+            request::wake_deferred();
             let timeout = self.poll_timeout();
             let polled = self.poll.poll(&mut events, Some(timeout));
             self.shared.sleeping.store(false, Ordering::SeqCst);
@@ -364,6 +367,7 @@ impl<M: StateMachine> Drop for NodeLoop<M> {
     /// answers them `Stopped` (see `Reply`); a client that enqueues after this sees
     /// `exited` and drains the queue itself (a Dekker handshake, as for `sleeping`).
     fn drop(&mut self) {
+        request::stop_deferring_wakes();
         self.shared.exited.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         // Ends every watch: their receivers see the channel disconnected.

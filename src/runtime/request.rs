@@ -1,5 +1,6 @@
 //! How the node thread answers an in-process [`crate::Client`]: a slot per request.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,11 +28,79 @@ struct Slot<T> {
     filled: Condvar,
 }
 
-impl<T> Slot<T> {
-    fn fill(&self, result: Result<T>) {
+impl<T: 'static> Slot<T> {
+    fn fill(self: Arc<Self>, result: Result<T>) {
         *self.value.lock() = Some(result);
+        DEFERRED.with(|d| d.borrow_mut().wake_or_defer(self));
+    }
+}
+
+/// A filled slot whose waiter is still to be woken.
+trait Wake {
+    fn wake(&self);
+}
+
+impl<T> Wake for Slot<T> {
+    fn wake(&self) {
         self.filled.notify_one();
     }
+}
+
+thread_local! {
+    static DEFERRED: RefCell<Deferred> = const { RefCell::new(Deferred { on: false, slots: Vec::new() }) };
+}
+
+/// On a node's thread, the waiters of the slots filled during a turn are woken only after
+/// the turn's messages have left ([`wake_deferred`]): each wake-up is a futex call that
+/// costs microseconds (an IPI on a VM), and a leader answering hundreds of writers would
+/// otherwise hold back its next AppendEntries, and the followers with it, until all were
+/// woken. A waiter that looks meanwhile finds its answer already there.
+struct Deferred {
+    on: bool,
+    slots: Vec<Arc<dyn Wake>>,
+}
+
+impl Deferred {
+    fn wake_or_defer(&mut self, slot: Arc<dyn Wake>) {
+        if self.on {
+            self.slots.push(slot);
+        } else {
+            slot.wake();
+        }
+    }
+
+    fn wake_all(&mut self) {
+        for slot in self.slots.drain(..) {
+            slot.wake();
+        }
+    }
+}
+
+impl Drop for Deferred {
+    /// A thread that ends, however it ends, leaves nobody waiting.
+    fn drop(&mut self) {
+        self.wake_all();
+    }
+}
+
+/// From now on, this thread (a node's) defers wake-ups until [`wake_deferred`].
+pub(crate) fn defer_wakes() {
+    DEFERRED.with(|d| d.borrow_mut().on = true);
+}
+
+/// Wakes the waiters of every slot filled since the last call. The node loop calls it
+/// once its turn's output is written, and before it blocks.
+pub(crate) fn wake_deferred() {
+    DEFERRED.with(|d| d.borrow_mut().wake_all());
+}
+
+/// Wakes every deferred waiter and stops deferring on this thread (a node loop ending).
+pub(crate) fn stop_deferring_wakes() {
+    DEFERRED.with(|d| {
+        let mut d = d.borrow_mut();
+        d.on = false;
+        d.wake_all();
+    });
 }
 
 /// A fresh answer slot: the node thread's end and the client's end.
@@ -104,12 +173,12 @@ enum Way<T> {
 /// queued, say), it answers by itself: `Stopped` if nothing was proposed, `LeadershipLost`
 /// once the request was proposed — so a client never gets a wrong answer, and never waits
 /// on an answer that cannot come.
-pub(crate) struct Reply<T> {
+pub(crate) struct Reply<T: 'static> {
     way: Option<Way<T>>,
     proposed: bool,
 }
 
-impl<T> Reply<T> {
+impl<T: 'static> Reply<T> {
     /// An answer that goes back over a remote client's connection.
     pub fn remote(remote: Remote<T>) -> Reply<T> {
         Reply { way: Some(Way::Remote(remote)), proposed: false }
@@ -145,7 +214,7 @@ impl Channel for Local {
 /// A request from an in-process client.
 pub(crate) type LocalRequest<M> = crate::replica::Request<M, Local>;
 
-impl<T> Drop for Reply<T> {
+impl<T: 'static> Drop for Reply<T> {
     fn drop(&mut self) {
         let gone = if self.proposed { Error::LeadershipLost } else { Error::Stopped };
         self.answer(Err(gone));
