@@ -4,7 +4,9 @@
 //! in one process on loopback, so a larger cluster also shares the same cores.
 //!
 //! `cargo bench --bench curves` prints one `name=value` line per figure
-//! (`QUORATE_BENCH_SECS`, default 2, sets each figure's length).
+//! (`QUORATE_BENCH_SECS`, default 2, sets each figure's length; `QUORATE_BENCH_ONLY` runs
+//! some groups only: `nodes_3`, `nodes_5`, `nodes_7`, `payload_16b`, `payload_1kib`,
+//! `payload_64kib`, `memory`).
 
 mod common;
 
@@ -27,6 +29,9 @@ fn main() {
     figure("floor_tcp_bandwidth_mb_per_s", bandwidth);
 
     for size in [3, 5, 7] {
+        if !enabled("nodes") && !enabled(&format!("nodes_{size}")) {
+            continue;
+        }
         let cluster = Cluster::start(size, |c| c);
         let c = cluster.client.clone();
         let h = sequential(duration, move || {
@@ -46,6 +51,9 @@ fn main() {
     }
 
     for (name, bytes) in [("16b", 16), ("1kib", 1024), ("64kib", 64 * 1024)] {
+        if !enabled("payload") && !enabled(&format!("payload_{name}")) {
+            continue;
+        }
         let cluster = Cluster::start(3, |c| c);
         let c = cluster.client.clone();
         let h = sequential(duration, move || {
@@ -65,6 +73,9 @@ fn main() {
         cluster.stop();
     }
 
+    if !enabled("memory") {
+        return;
+    }
     // Heap per log entry: the live bytes a run of writes leaves behind (no snapshots, so
     // the log keeps every entry), over the entries and the nodes.
     let cluster = Cluster::start(3, |c| c);
