@@ -92,7 +92,11 @@ fn attack_2_a_forged_leader_cannot_fork_a_follower() {
     let (last, term) = (s.last_log_index, s.term);
     let bogus = rmp_serde::to_vec(&Cmd::Put(999)).unwrap();
     let entries = (1..=2)
-        .map(|k| Entry { term: Term(term + 1), index: LogIndex(last + k), payload: Payload::Command(bogus.clone()) })
+        .map(|k| Entry {
+            term: Term(term + 1),
+            index: LogIndex(last + k),
+            payload: Payload::Command(bogus.clone().into()),
+        })
         .collect();
     let mut a = Attacker::introduced(cluster.addrs[&follower], 99, 1);
     let probe = AppendEntries {
