@@ -10,6 +10,7 @@
 
 mod config;
 mod election;
+mod entry_batch;
 mod guard;
 mod log;
 mod membership;
