@@ -246,7 +246,11 @@ fn open(dir: &Path) -> std::io::Result<FileStorage> {
 }
 
 fn entry(index: u64) -> Entry {
-    Entry { term: Term(1 + index / 20), index: LogIndex(index), payload: Payload::Command(vec![index as u8; 40]) }
+    Entry {
+        term: Term(1 + index / 20),
+        index: LogIndex(index),
+        payload: Payload::Command(vec![index as u8; 40].into()),
+    }
 }
 
 /// Writes `ENTRIES` entries, one batch per flush; returns the log's segments and the

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use quorate::Config;
 use quorate::core::{AppendEntries, Entry, LogIndex, MessageKind, Payload, RequestVote, Term};
 use quorate::transport::ClusterKey;
+use serde::Serialize;
 use support::attacker::{ANSWER_DEADLINE, Attacker, FakeWire};
 use support::cluster::{Cluster, Cmd, wait_until};
 
@@ -92,7 +93,11 @@ fn attack_2_a_forged_leader_cannot_fork_a_follower() {
     let (last, term) = (s.last_log_index, s.term);
     let bogus = rmp_serde::to_vec(&Cmd::Put(999)).unwrap();
     let entries = (1..=2)
-        .map(|k| Entry { term: Term(term + 1), index: LogIndex(last + k), payload: Payload::Command(bogus.clone()) })
+        .map(|k| Entry {
+            term: Term(term + 1),
+            index: LogIndex(last + k),
+            payload: Payload::Command(bogus.clone().into()),
+        })
         .collect();
     let mut a = Attacker::introduced(cluster.addrs[&follower], 99, 1);
     let probe = AppendEntries {
@@ -314,6 +319,78 @@ fn attack_6_a_dialed_peer_that_never_answers_is_redialled() {
         dialed.len() >= 2
     });
     drop(node);
+}
+
+/// `Wire::Raft(Message { kind: MessageKind::AppendEntries(..) })` with the entries as raw
+/// bytes, to send entries no honest node would. Externally tagged enums encode by name.
+#[derive(Serialize)]
+enum RawWire {
+    Raft(RawMessage),
+}
+
+#[derive(Serialize)]
+struct RawMessage {
+    term: Term,
+    kind: RawKind,
+}
+
+#[derive(Serialize)]
+enum RawKind {
+    AppendEntries(RawAppendEntries),
+}
+
+#[derive(Serialize)]
+struct RawAppendEntries {
+    prev_log_index: LogIndex,
+    prev_log_term: Term,
+    entries: serde_bytes::ByteBuf,
+    leader_commit: LogIndex,
+}
+
+fn raw_append_entries(entries: &[u8]) -> RawWire {
+    let ae = RawAppendEntries {
+        prev_log_index: LogIndex(0),
+        prev_log_term: Term(0),
+        entries: serde_bytes::ByteBuf::from(entries),
+        leader_commit: LogIndex(0),
+    };
+    RawWire::Raft(RawMessage { term: Term(1), kind: RawKind::AppendEntries(ae) })
+}
+
+/// Attack 7: the entries of an AppendEntries are the one part of a frame decoded by a
+/// hand-written loop (`core/entry_batch.rs`). Malformed ones close the attacker's
+/// connection, on the leader and on the followers alike, and the cluster goes on. The
+/// same frame with well-formed entries leaves the connection open, so it is the entries
+/// that are refused.
+#[test]
+fn attack_7_malformed_entries_close_only_that_connection() {
+    let cluster = Cluster::start(3);
+    let mut acked = Vec::new();
+    write_some(&cluster, &mut acked, 3);
+    let malformed: [(&str, &[u8]); 6] = [
+        ("fewer entries than counted", &[2, 3, 9, 0]),
+        ("a count of u64::MAX", &[0xCF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]),
+        ("a command cut short", &[1, 1, 1, 1, 0xC4, 10, 1, 2]),
+        ("an unknown payload tag", &[1, 1, 1, 7]),
+        ("bytes after the last entry", &[0, 0]),
+        ("a string where the term belongs", &[1, 0xA1, b'x', 1, 0]),
+    ];
+    let mut id = 200;
+    for &addr in cluster.addrs.values() {
+        id += 1;
+        let mut control = Attacker::introduced(addr, id, 1);
+        control.send_frame(&raw_append_entries(&[0])).unwrap(); // no entries: well-formed
+        assert!(!control.closed_while_alive(Duration::from_millis(300)), "well-formed entries closed the connection");
+        for (why, entries) in malformed {
+            id += 1;
+            let mut a = Attacker::introduced(addr, id, 1);
+            let _ = a.send_frame(&raw_append_entries(entries));
+            // Keepalives, so it is not the idle timeout that closes it.
+            assert!(a.closed_while_alive(ANSWER_DEADLINE), "{why}: the node kept the connection");
+        }
+    }
+    write_some(&cluster, &mut acked, 3);
+    cluster.await_applied_everywhere(&acked);
 }
 
 /// Attack 4, the dialing side: a node dialing a peer that cannot prove the secret sends

@@ -205,7 +205,7 @@ mod tests {
     fn append(term: u64, commit: u64, entries: &[u64]) -> Message {
         let entries = entries
             .iter()
-            .map(|&i| Entry { term: Term(term), index: LogIndex(i), payload: Payload::Command(vec![1]) })
+            .map(|&i| Entry { term: Term(term), index: LogIndex(i), payload: Payload::Command(vec![1].into()) })
             .collect();
         let ae = AppendEntries {
             prev_log_index: LogIndex(0),
@@ -340,7 +340,7 @@ mod tests {
             },
         );
         assert_eq!(r.membership(), &voters(3));
-        let entry = Entry { term: Term(4), index: LogIndex(3), payload: Payload::Command(vec![1]) };
+        let entry = Entry { term: Term(4), index: LogIndex(3), payload: Payload::Command(vec![1].into()) };
         let ae = AppendEntries {
             prev_log_index: LogIndex(2),
             prev_log_term: Term(3),

@@ -144,7 +144,7 @@ mod tests {
             .map(|(k, &t)| Entry {
                 term: Term(t),
                 index: LogIndex(k as u64 + 1),
-                payload: Payload::Command(vec![0; 10]),
+                payload: Payload::Command(vec![0; 10].into()),
             })
             .collect();
         Log::new(LogIndex(0), Term(0), entries)

@@ -10,6 +10,7 @@
 
 mod config;
 mod election;
+mod entry_batch;
 mod guard;
 mod log;
 mod membership;
@@ -20,6 +21,7 @@ mod reads;
 mod reconfig;
 mod replication;
 mod rng;
+mod shared_bytes;
 mod snapshot;
 mod types;
 
@@ -36,6 +38,7 @@ pub use message::{
 };
 pub use progress::{Progress, ReplicationState, SnapshotSend};
 pub use rng::SplitMix64;
+pub use shared_bytes::SharedBytes;
 pub use snapshot::{InstallSnapshotOrder, SnapshotChunk, SnapshotInfo, SnapshotWork};
 pub(crate) use types::as_bytes;
 pub use types::{Entry, HardState, LogIndex, NodeId, Payload, Role, Term};
@@ -443,9 +446,12 @@ impl Raft {
     /// Appends `command` to the leader's log; it is sent at the next [`Raft::take_ready`].
     /// Returns the entry's index: the command is applied when that index commits with this
     /// term still at it (the driver checks the entry's term before answering).
-    pub fn propose(&mut self, command: Vec<u8>) -> Result<LogIndex, ProposeError> {
+    ///
+    /// A `Vec<u8>` is copied once into a [`SharedBytes`]; every message that carries the
+    /// entry afterwards shares that copy.
+    pub fn propose(&mut self, command: impl Into<SharedBytes>) -> Result<LogIndex, ProposeError> {
         self.check_can_propose()?;
-        Ok(self.append_entry(Payload::Command(command)))
+        Ok(self.append_entry(Payload::Command(command.into())))
     }
 
     /// The driver's report that this server's log through `index`, whose entry has `term`,

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 use super::membership::Membership;
+use super::shared_bytes::SharedBytes;
 
 /// Identifies one server of the cluster. Never 0 in a valid configuration.
 pub type NodeId = u64;
@@ -62,8 +63,9 @@ impl fmt::Display for LogIndex {
 pub enum Payload {
     /// Appended by every new leader so it can commit an entry of its own term (§5.4.2, §8).
     Noop,
-    /// An opaque command for the user's state machine.
-    Command(#[serde(with = "as_bytes")] Vec<u8>),
+    /// An opaque command for the user's state machine, shared (not copied) by every
+    /// message that carries its entry.
+    Command(SharedBytes),
     /// A new cluster configuration; it takes effect as soon as it is appended (dissertation §4.1).
     Config(Membership),
 }
@@ -137,7 +139,7 @@ pub(crate) mod as_bytes {
         d.deserialize_byte_buf(BytesVisitor)
     }
 
-    struct BytesVisitor;
+    pub(crate) struct BytesVisitor;
 
     impl<'de> Visitor<'de> for BytesVisitor {
         type Value = Vec<u8>;
@@ -170,7 +172,7 @@ mod tests {
 
     #[test]
     fn commands_travel_as_compact_binary() {
-        let payload = Payload::Command(vec![0xFF; 1000]);
+        let payload = Payload::Command(vec![0xFF; 1000].into());
         let encoded = rmp_serde::to_vec_named(&payload).unwrap();
         assert!(encoded.len() < 1020, "encoded {} bytes for 1000 bytes of payload", encoded.len());
         let decoded: Payload = rmp_serde::from_slice(&encoded).unwrap();

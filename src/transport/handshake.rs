@@ -7,8 +7,9 @@ use super::error::TransportError;
 
 /// The wire protocol version this build speaks; peers must match exactly. Version 2 added
 /// the nonce and the [`Proof`](super::Proof) frame (peer authentication); version 3 the
-/// `client` role.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// `client` role; version 4 sends the entries of an AppendEntries as one byte string
+/// (`core/entry_batch.rs`).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest handshake frame body accepted. A handshake is a few dozen bytes, so a tight
 /// bound stops an unauthenticated peer from making us buffer much before we know it.

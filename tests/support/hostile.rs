@@ -74,7 +74,7 @@ pub fn message(rng: &mut Rng, near_term: u64, near_index: u64) -> Message {
                 .map(|k| Entry {
                     term: t,
                     index: LogIndex(prev.0.wrapping_add(k)),
-                    payload: Payload::Command(rng.next_u64().to_le_bytes().to_vec()),
+                    payload: Payload::Command(rng.next_u64().to_le_bytes().to_vec().into()),
                 })
                 .collect();
             MessageKind::AppendEntries(AppendEntries {

@@ -30,7 +30,7 @@ pub(crate) fn entries_from(first: u64, terms: &[u64]) -> Vec<Entry> {
     terms
         .iter()
         .zip(first..)
-        .map(|(&t, i)| Entry { term: Term(t), index: LogIndex(i), payload: Payload::Command(vec![i as u8]) })
+        .map(|(&t, i)| Entry { term: Term(t), index: LogIndex(i), payload: Payload::Command(vec![i as u8].into()) })
         .collect()
 }
 

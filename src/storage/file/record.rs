@@ -122,7 +122,7 @@ mod tests {
     use crate::core::{Payload, Term};
 
     fn entry(index: u64, bytes: usize) -> Entry {
-        Entry { term: Term(1), index: LogIndex(index), payload: Payload::Command(vec![7; bytes]) }
+        Entry { term: Term(1), index: LogIndex(index), payload: Payload::Command(vec![7; bytes].into()) }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::*;
 use crate::core::{Log, Membership, Payload, Term};
 
 fn entry(term: u64, index: u64) -> Entry {
-    Entry { term: Term(term), index: LogIndex(index), payload: Payload::Command(index.to_le_bytes().to_vec()) }
+    Entry { term: Term(term), index: LogIndex(index), payload: Payload::Command(index.to_le_bytes().to_vec().into()) }
 }
 
 fn hard(term: u64, vote: u64) -> HardState {

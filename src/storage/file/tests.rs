@@ -4,7 +4,7 @@ use super::*;
 use crate::core::{Payload, Term};
 
 fn entry(term: u64, index: u64) -> Entry {
-    Entry { term: Term(term), index: LogIndex(index), payload: Payload::Command(index.to_le_bytes().to_vec()) }
+    Entry { term: Term(term), index: LogIndex(index), payload: Payload::Command(index.to_le_bytes().to_vec().into()) }
 }
 
 fn open(dir: &Path) -> io::Result<FileStorage> {
