@@ -11,9 +11,10 @@ use std::sync::atomic::{Ordering, fence};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::core::NodeId;
+use crate::core::SharedBytes;
 use crate::error::{Error, Peer, Result};
 use crate::remote::{Forwarder, RemoteOptions, decode_answer};
-use crate::replica::{ReadFn, Request, SessionTag, check_command, command_body, encode_command, tag_encoded};
+use crate::replica::{ReadFn, Request, SessionTag, check_command, command_body, encode_command, tag_shared};
 use crate::runtime::request::{Answer, LocalRequest, Reply, deadline_after, reply_slot};
 use crate::session::ClientSession;
 use crate::state_machine::StateMachine;
@@ -123,7 +124,7 @@ impl<M: StateMachine> Client<M> {
         let Some(session) = &self.session else {
             let command = encode_command(None, &command)?;
             check_command::<M::Command>(command_body(&command).expect("a plain command"))?;
-            return self.write_once(command, false, deadline);
+            return self.write_once(command.into(), false, deadline);
         };
         let body = crate::codec::to_vec(&command).map_err(Error::Codec)?;
         self.check_size(body.len())?;
@@ -160,7 +161,7 @@ impl<M: StateMachine> Client<M> {
             // writes of the session finished meanwhile.)
             let tag = tag.take().or_else(|| session.tag(first.session, first.seq));
             let Some(tag) = tag else { return Err(Error::SessionExpired) };
-            let command = tag_encoded(tag, body);
+            let command = tag_shared(tag, body);
             let result = self.write_once(command, true, deadline);
             let no_leader = self.forward.is_some() && matches!(result, Err(Error::Redirect { leader: None }));
             let certain_retryable =
@@ -177,14 +178,13 @@ impl<M: StateMachine> Client<M> {
 
     /// One attempt of an encoded write at this node, forwarded to the leader if this node
     /// redirects and the client forwards. `safe`: the command carries a session.
-    fn write_once(&self, command: Vec<u8>, safe: bool, deadline: Instant) -> Result<M::Response> {
+    fn write_once(&self, command: SharedBytes, safe: bool, deadline: Instant) -> Result<M::Response> {
         let Some(forward) = &self.forward else { return self.send_write(command, deadline)?.wait() };
-        // Kept for forwarding: the local attempt consumes the bytes (a copy per write, on
-        // forwarding clients only).
-        let copy = command.clone();
+        // Kept for forwarding (a shared buffer: no copy unless forwarded).
+        let kept = command.clone();
         match self.send_write(command, deadline)?.wait() {
             Err(Error::Redirect { leader: Some(Peer { addr: Some(addr), .. }) }) => {
-                decode_answer(forward.write(addr, copy, safe, deadline)?)
+                decode_answer(forward.write(addr, kept.to_vec(), safe, deadline)?)
             }
             result => result,
         }
@@ -242,7 +242,7 @@ impl<M: StateMachine> Client<M> {
     pub fn submit_timeout(&self, command: M::Command, timeout: Duration) -> Result<PendingWrite<M::Response>> {
         let command = encode_command(None, &command)?;
         check_command::<M::Command>(command_body(&command).expect("a plain command"))?;
-        self.send_write(command, deadline_after(timeout))
+        self.send_write(command.into(), deadline_after(timeout))
     }
 
     fn check_size(&self, bytes: usize) -> Result<()> {
@@ -253,7 +253,7 @@ impl<M: StateMachine> Client<M> {
     }
 
     /// Queues one attempt of an encoded write.
-    fn send_write(&self, command: Vec<u8>, deadline: Instant) -> Result<PendingWrite<M::Response>> {
+    fn send_write(&self, command: SharedBytes, deadline: Instant) -> Result<PendingWrite<M::Response>> {
         self.check_size(command.len())?;
         let timeout = deadline.saturating_duration_since(Instant::now());
         let (reply, answer) = reply_slot();

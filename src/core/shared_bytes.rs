@@ -61,6 +61,15 @@ impl From<&[u8]> for SharedBytes {
     }
 }
 
+/// Collects into one allocation of the exact size when the iterator knows its length
+/// (as `a.iter().copied().chain(b.iter().copied())` does): how a tag and a body become one
+/// command without an intermediate buffer.
+impl FromIterator<u8> for SharedBytes {
+    fn from_iter<I: IntoIterator<Item = u8>>(bytes: I) -> SharedBytes {
+        SharedBytes(bytes.into_iter().collect())
+    }
+}
+
 impl<const N: usize> From<&[u8; N]> for SharedBytes {
     fn from(bytes: &[u8; N]) -> SharedBytes {
         SharedBytes(bytes.as_slice().into())

@@ -28,6 +28,7 @@ pub use reply::{Channel, Respond};
 pub use request::{ReadFn, Request};
 pub use session::{
     SessionLimits, SessionTag, check_command, command_body, command_tag, encode_command, encode_register, tag_encoded,
+    tag_shared,
 };
 pub use snapshot::Compaction;
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::reply::Channel;
-use crate::core::NodeId;
+use crate::core::{NodeId, SharedBytes};
 use crate::error::Result;
 use crate::state_machine::StateMachine;
 use crate::status::Status;
@@ -16,8 +16,9 @@ pub enum Request<M: StateMachine, C: Channel> {
     /// A command, already encoded on the client's side by
     /// [`encode_command`](super::encode_command) (with its session tag, if any).
     Write {
-        /// The encoded command.
-        command: Vec<u8>,
+        /// The encoded command, in the shared buffer its log entry will hold (the node
+        /// thread copies nothing).
+        command: SharedBytes,
         /// How long the replica keeps waiting for the command's fate (as a follower, too,
         /// after losing leadership) before answering `Timeout`.
         timeout: Duration,

@@ -22,6 +22,7 @@ use std::io::{self, Read, Write};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::core::SharedBytes;
 use crate::error::Error;
 
 /// A command's session tag.
@@ -112,18 +113,38 @@ pub fn check_command<C: DeserializeOwned>(body: &[u8]) -> Result<(), Error> {
 /// Puts `tag` in front of `body`, a command already encoded with MessagePack (the same
 /// bytes [`encode_command`] makes).
 pub fn tag_encoded(tag: SessionTag, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 40);
+    let mut out = Vec::with_capacity(body.len() + TAG_BYTES_MAX);
     put_tag(&mut out, tag);
     out.extend_from_slice(body);
     out
 }
 
+/// [`tag_encoded`] as the command an entry holds: tag and body copied once, into one
+/// shared buffer of the exact size.
+pub fn tag_shared(tag: SessionTag, body: &[u8]) -> SharedBytes {
+    let (bytes, len) = tag_bytes(tag);
+    bytes[..len].iter().copied().chain(body.iter().copied()).collect()
+}
+
+/// The longest tag: a header byte, three varints of at most 10 bytes, the 8-byte secret.
+const TAG_BYTES_MAX: usize = 1 + 3 * 10 + 8;
+
 fn put_tag(out: &mut Vec<u8>, t: SessionTag) {
-    out.push(TAGGED);
-    put_varint(out, t.session);
-    out.extend_from_slice(&t.secret.to_le_bytes());
-    put_varint(out, t.seq);
-    put_varint(out, t.acked);
+    let (bytes, len) = tag_bytes(t);
+    out.extend_from_slice(&bytes[..len]);
+}
+
+/// A tag's bytes, on the stack.
+fn tag_bytes(t: SessionTag) -> ([u8; TAG_BYTES_MAX], usize) {
+    let mut out = [0; TAG_BYTES_MAX];
+    out[0] = TAGGED;
+    let mut len = 1;
+    len = put_varint(&mut out, len, t.session);
+    out[len..len + 8].copy_from_slice(&t.secret.to_le_bytes());
+    len += 8;
+    len = put_varint(&mut out, len, t.seq);
+    len = put_varint(&mut out, len, t.acked);
+    (out, len)
 }
 
 /// The payload of a session registration with `secret`, carrying the proposer's `limits`.
@@ -131,7 +152,9 @@ pub fn encode_register(secret: u64, limits: &SessionLimits) -> Vec<u8> {
     let mut out = vec![REGISTER];
     out.extend_from_slice(&secret.to_le_bytes());
     for v in [limits.max_sessions as u64, limits.expiry_entries, limits.max_responses as u64, limits.max_bytes] {
-        put_varint(&mut out, v);
+        let mut varint = [0; 10];
+        let len = put_varint(&mut varint, 0, v);
+        out.extend_from_slice(&varint[..len]);
     }
     out
 }
@@ -187,12 +210,15 @@ pub fn command_body(payload: &[u8]) -> Option<&[u8]> {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Writes `v` as a LEB128 varint at `out[at..]`; returns the index after it.
+fn put_varint(out: &mut [u8], mut at: usize, mut v: u64) -> usize {
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out[at] = (v as u8) | 0x80;
+        at += 1;
         v >>= 7;
     }
-    out.push(v as u8);
+    out[at] = v as u8;
+    at + 1
 }
 
 /// Reads a LEB128 varint, accepting only the shortest encoding of a value that fits in 64
@@ -555,6 +581,16 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_tagged_command_is_the_tagged_bytes() {
+        let body = rmp_serde::to_vec(&"hello").unwrap();
+        for t in [tag(1, 1, 1), SessionTag { session: u64::MAX, secret: u64::MAX, seq: u64::MAX, acked: u64::MAX }] {
+            let shared = tag_shared(t, &body);
+            assert_eq!(*shared, *tag_encoded(t, &body));
+            assert_eq!(*shared, *encode_command(Some(t), &"hello").unwrap());
+        }
+    }
+
+    #[test]
     fn varints_have_one_spelling() {
         let read = |b: &[u8]| take_varint(&mut &b[..]);
         assert_eq!(read(&[0]), Some(0));
@@ -568,9 +604,9 @@ mod tests {
         *max.last_mut().unwrap() = 0x02;
         assert_eq!(read(&max), None, "a 65th bit");
         for v in [0, 1, 127, 128, 300, 1 << 35, u64::MAX - 1, u64::MAX] {
-            let mut out = Vec::new();
-            put_varint(&mut out, v);
-            assert_eq!(read(&out), Some(v));
+            let mut out = [0; 10];
+            let len = put_varint(&mut out, 0, v);
+            assert_eq!(read(&out[..len]), Some(v));
         }
     }
 

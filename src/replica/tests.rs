@@ -186,7 +186,7 @@ fn lone_voter() -> Replica<Fragile, crate::storage::MemoryStorage, Local> {
 fn write(r: &mut Replica<Fragile, crate::storage::MemoryStorage, Local>, fail: bool) {
     let (reply, _answer) = crate::runtime::request::reply_slot();
     r.on_request(Request::Write {
-        command: encode_command(None, &fail).unwrap(),
+        command: encode_command(None, &fail).unwrap().into(),
         timeout: Duration::from_secs(1),
         reply,
     });
@@ -218,7 +218,7 @@ fn a_command_larger_than_a_batch_is_refused() {
     let mut r = lone_voter();
     let (reply, answer) = crate::runtime::request::reply_slot::<u64>();
     let last = r.core().log().last_index();
-    r.on_request(Request::Write { command: vec![0xc3; 65], timeout: Duration::from_secs(1), reply });
+    r.on_request(Request::Write { command: vec![0xc3; 65].into(), timeout: Duration::from_secs(1), reply });
     assert!(matches!(answer.wait(Duration::ZERO), Err(crate::Error::TooLarge { bytes: 65, max: 64 })));
     assert_eq!(r.core().log().last_index(), last, "nothing proposed");
 }
@@ -297,7 +297,7 @@ fn tally_voter<S: Storage>(storage: S) -> Replica<Tally, S, Local> {
 fn tally<S: Storage>(r: &mut Replica<Tally, S, Local>) {
     let (reply, _answer) = crate::runtime::request::reply_slot();
     r.on_request(Request::Write {
-        command: encode_command(None, &()).unwrap(),
+        command: encode_command(None, &()).unwrap().into(),
         timeout: Duration::from_secs(1),
         reply,
     });
@@ -426,7 +426,7 @@ fn a_snapshot_records_the_configuration_at_its_index() {
     r.advance(); // leads; its no-op (1) commits and applies
     let (reply, _w) = crate::runtime::request::reply_slot();
     r.on_request(Request::Write {
-        command: encode_command(None, &()).unwrap(),
+        command: encode_command(None, &()).unwrap().into(),
         timeout: Duration::from_secs(1),
         reply,
     }); // index 2
@@ -487,7 +487,7 @@ fn a_response_that_cannot_be_encoded_stops_no_server() {
     let mut answers = Vec::new();
     for _ in 0..2 {
         let (reply, answer) = reply_slot();
-        let command = encode_command(Some(tag), &()).unwrap();
+        let command = encode_command(Some(tag), &()).unwrap().into();
         r.on_request(Request::Write { command, timeout: Duration::from_secs(1), reply });
         r.advance();
         answers.push(answer.wait(Duration::ZERO));

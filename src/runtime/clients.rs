@@ -287,7 +287,7 @@ fn to_request<M: StateMachine>(
                 Some(body) => check_command::<M::Command>(body).map_err(|e| (id, e))?,
                 None => return Err((id, Error::Codec("not a command entry".into()))),
             }
-            Request::Write { command: command.0, timeout: timeout(timeout_ms), reply: reply(conn, id, outbox) }
+            Request::Write { command: command.0.into(), timeout: timeout(timeout_ms), reply: reply(conn, id, outbox) }
         }
         Call::RegisterSession { secret, timeout_ms } => {
             Request::RegisterSession { secret, timeout: timeout(timeout_ms), reply: reply(conn, id, outbox) }

@@ -489,7 +489,7 @@ impl Sim {
     pub fn write(&mut self, id: NodeId) -> u64 {
         let cmd = self.next_cmd;
         self.next_cmd += 1;
-        let command = quorate::replica::encode_command(None, &cmd).expect("a u64 encodes");
+        let command = quorate::replica::encode_command(None, &cmd).expect("a u64 encodes").into();
         let reply = write_reply(&self.outcomes, cmd);
         self.checker.writes_outstanding.insert(cmd);
         self.trace.push(self.now, Event::Write(id, cmd));
@@ -545,7 +545,7 @@ impl Sim {
         let s = &self.sessions[k];
         let acked = s.waiting.keys().next().copied().unwrap_or(seq);
         let tag = quorate::replica::SessionTag { session: s.id, secret: s.secret, seq, acked };
-        let command = quorate::replica::encode_command(Some(tag), &cmd).expect("a u64 encodes");
+        let command = quorate::replica::encode_command(Some(tag), &cmd).expect("a u64 encodes").into();
         let attempt = self.next_attempt;
         self.next_attempt += 1;
         self.checker.attempts_outstanding.insert(attempt);
