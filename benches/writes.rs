@@ -117,6 +117,7 @@ fn main() {
             figure(&format!("write_cpu_{threads}_clients_us"), r.cpu_us);
             figure(&format!("write_switches_{threads}_clients"), r.switches);
             figure(&format!("write_kernel_share_{threads}_clients"), r.kernel);
+            figure(&format!("write_node_run_queue_wait_{threads}_clients_us"), r.node_wait_us);
             figure(&format!("write_latency_{threads}_clients_p99_us"), us(r.latency.value_at_quantile(0.99)));
             if threads == 64 {
                 session_64 = Some(r.per_s);

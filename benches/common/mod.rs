@@ -293,6 +293,8 @@ pub struct Concurrent {
     pub switches: f64,
     /// The kernel's share of the CPU used.
     pub kernel: f64,
+    /// µs per op the nodes' threads spent runnable but waiting for a CPU (all nodes).
+    pub node_wait_us: f64,
 }
 
 /// `threads` threads, each calling `op` back to back for `duration` (all start together;
@@ -324,8 +326,10 @@ where
         .collect();
     barrier.wait();
     let before = Usage::now();
+    let waited_before = node_run_queue_wait();
     let started = Instant::now();
     std::thread::sleep(duration);
+    let node_wait = node_run_queue_wait().saturating_sub(waited_before);
     stop.store(true, Ordering::Relaxed);
     let mut latency = Histogram::<u64>::new(3).unwrap();
     for h in handles {
@@ -335,7 +339,27 @@ where
     let elapsed = started.elapsed();
     let ops = latency.len();
     let ((cpu_us, switches), kernel) = Usage::since(before, ops);
-    Concurrent { ops, per_s: ops as f64 / elapsed.as_secs_f64(), latency, cpu_us, switches, kernel }
+    let node_wait_us = node_wait.as_secs_f64() * 1e6 / ops.max(1) as f64;
+    Concurrent { ops, per_s: ops as f64 / elapsed.as_secs_f64(), latency, cpu_us, switches, kernel, node_wait_us }
+}
+
+/// How long the nodes' threads (`quorate-node-*`) have waited, runnable, for a CPU in all,
+/// from the scheduler's `/proc/self/task/*/schedstat` (zero where it is not available).
+/// With many client threads on few cores, this is where a write's time goes that no CPU
+/// figure shows: a follower woken by an AppendEntries queues behind runnable clients.
+pub fn node_run_queue_wait() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Duration::ZERO };
+    let mut waited = 0u64;
+    for task in tasks.flatten() {
+        let path = task.path();
+        let is_node = std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.starts_with("quorate-node"));
+        if !is_node {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+        waited += stat.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Duration::from_nanos(waited)
 }
 
 /// One thread keeping `window` operations in flight for `duration`: `submit` starts one,
