@@ -14,7 +14,7 @@ use crate::core::NodeId;
 use crate::core::SharedBytes;
 use crate::error::{Error, Peer, Result};
 use crate::remote::{Forwarder, RemoteOptions, decode_answer};
-use crate::replica::{ReadFn, Request, SessionTag, check_command, command_body, encode_command, tag_shared};
+use crate::replica::{ReadFn, Request, SessionTag, check_command, command_body, encode_shared, tag_shared};
 use crate::runtime::request::{Answer, LocalRequest, Reply, deadline_after, reply_slot};
 use crate::session::ClientSession;
 use crate::state_machine::StateMachine;
@@ -122,9 +122,9 @@ impl<M: StateMachine> Client<M> {
     pub fn write_timeout(&self, command: M::Command, timeout: Duration) -> Result<M::Response> {
         let deadline = deadline_after(timeout);
         let Some(session) = &self.session else {
-            let command = encode_command(None, &command)?;
+            let command = encode_shared(None, &command)?;
             check_command::<M::Command>(command_body(&command).expect("a plain command"))?;
-            return self.write_once(command.into(), false, deadline);
+            return self.write_once(command, false, deadline);
         };
         let body = crate::codec::to_vec(&command).map_err(Error::Codec)?;
         self.check_size(body.len())?;
@@ -240,9 +240,9 @@ impl<M: StateMachine> Client<M> {
 
     /// [`Client::submit`] whose answer is awaited at most `timeout` from now.
     pub fn submit_timeout(&self, command: M::Command, timeout: Duration) -> Result<PendingWrite<M::Response>> {
-        let command = encode_command(None, &command)?;
+        let command = encode_shared(None, &command)?;
         check_command::<M::Command>(command_body(&command).expect("a plain command"))?;
-        self.send_write(command.into(), deadline_after(timeout))
+        self.send_write(command, deadline_after(timeout))
     }
 
     fn check_size(&self, bytes: usize) -> Result<()> {

@@ -27,8 +27,8 @@ mod snapshot;
 pub use reply::{Channel, Respond};
 pub use request::{ReadFn, Request};
 pub use session::{
-    SessionLimits, SessionTag, check_command, command_body, command_tag, encode_command, encode_register, tag_encoded,
-    tag_shared,
+    SessionLimits, SessionTag, check_command, command_body, command_tag, encode_command, encode_register,
+    encode_shared, tag_encoded, tag_shared,
 };
 pub use snapshot::Compaction;
 

@@ -68,9 +68,11 @@ impl<R> ProposedAt<R> {
     /// Removes and returns one proposal waiting at `index` (the one proposed in the
     /// lowest term, if several are).
     pub fn pop_at(&mut self, index: LogIndex) -> Option<(Term, Proposed<R>)> {
-        let at = match self.queue.front() {
-            Some(((i, _), _)) if *i == index => 0,
-            _ => self.queue.partition_point(|((i, _), _)| *i < index),
+        let front = self.queue.front()?.0.0;
+        let at = match front.cmp(&index) {
+            std::cmp::Ordering::Equal => 0,
+            std::cmp::Ordering::Greater => return None,
+            std::cmp::Ordering::Less => self.queue.partition_point(|((i, _), _)| *i < index),
         };
         if self.queue.get(at).is_none_or(|((i, _), _)| *i != index) {
             return None;

@@ -100,6 +100,32 @@ pub fn encode_command<C: Serialize>(tag: Option<SessionTag>, command: &C) -> Res
     Ok(out)
 }
 
+/// [`encode_command`] into the shared buffer a log entry holds, encoded through a buffer
+/// kept by the calling thread: one allocation per command, not two.
+pub fn encode_shared<C: Serialize>(tag: Option<SessionTag>, command: &C) -> Result<SharedBytes, Error> {
+    /// Largest scratch buffer a thread keeps between commands.
+    const KEPT_MAX: usize = 64 << 10;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let Ok(mut out) = scratch.try_borrow_mut() else {
+            return encode_command(tag, command).map(SharedBytes::from); // re-entered: no scratch
+        };
+        out.clear();
+        match tag {
+            None => out.push(PLAIN),
+            Some(t) => put_tag(&mut out, t),
+        }
+        let encoded = rmp_serde::encode::write(&mut *out, command).map_err(|e| Error::Codec(e.to_string()));
+        let shared = encoded.map(|()| SharedBytes::from(out.as_slice()));
+        if out.capacity() > KEPT_MAX {
+            *out = Vec::new();
+        }
+        shared
+    })
+}
+
 /// Checks that `body`, a command's MessagePack, decodes as a `C`: every server must be able
 /// to apply what is proposed, so a command that would not decode (a `Serialize` and
 /// `Deserialize` that disagree, bytes from a remote client) is refused before it reaches
@@ -587,7 +613,12 @@ mod tests {
             let shared = tag_shared(t, &body);
             assert_eq!(*shared, *tag_encoded(t, &body));
             assert_eq!(*shared, *encode_command(Some(t), &"hello").unwrap());
+            assert_eq!(*encode_shared(Some(t), &"hello").unwrap(), *shared);
         }
+        assert_eq!(*encode_shared(None, &"hello").unwrap(), *encode_command(None, &"hello").unwrap());
+        let big = vec![1u8; 100 << 10];
+        assert_eq!(*encode_shared(None, &big).unwrap(), *encode_command(None, &big).unwrap());
+        assert_eq!(*encode_shared(None, &"again").unwrap(), *encode_command(None, &"again").unwrap());
     }
 
     #[test]
