@@ -108,10 +108,11 @@ pub fn encode_shared<C: Serialize>(tag: Option<SessionTag>, command: &C) -> Resu
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    SCRATCH.with(|scratch| {
-        let Ok(mut out) = scratch.try_borrow_mut() else {
-            return encode_command(tag, command).map(SharedBytes::from); // re-entered: no scratch
-        };
+    // Without the scratch if this thread's is gone (a client called from a thread-local's
+    // destructor) or in use (re-entered from the command's `Serialize`).
+    let unscratched = || encode_command(tag, command).map(SharedBytes::from);
+    SCRATCH.try_with(|scratch| {
+        let Ok(mut out) = scratch.try_borrow_mut() else { return unscratched() };
         out.clear();
         match tag {
             None => out.push(PLAIN),
@@ -124,6 +125,7 @@ pub fn encode_shared<C: Serialize>(tag: Option<SessionTag>, command: &C) -> Resu
         }
         shared
     })
+    .unwrap_or_else(|_| unscratched())
 }
 
 /// Checks that `body`, a command's MessagePack, decodes as a `C`: every server must be able

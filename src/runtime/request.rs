@@ -31,7 +31,18 @@ struct Slot<T> {
 impl<T: 'static> Slot<T> {
     fn fill(self: Arc<Self>, result: Result<T>) {
         *self.value.lock() = Some(result);
-        DEFERRED.with(|d| d.borrow_mut().wake_or_defer(self));
+        // Any thread may answer (a client dropping a request it could not queue, too),
+        // even from a thread-local's destructor, when this thread's list may be gone:
+        // then, or if the list is busy (a drop during `wake_all`), the waiter is woken now.
+        let mut slot = Some(self);
+        let _ = DEFERRED.try_with(|d| {
+            if let Ok(mut d) = d.try_borrow_mut() {
+                d.wake_or_defer(slot.take().expect("taken once"));
+            }
+        });
+        if let Some(slot) = slot {
+            slot.wake();
+        }
     }
 }
 
