@@ -561,6 +561,9 @@ impl Sessions {
 const SNAPSHOT_MAGIC: &[u8; 8] = b"QSESS\x00\x00\x02";
 
 #[cfg(test)]
+mod model_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
