@@ -720,6 +720,31 @@ mod tests {
         assert_eq!(s.bytes, 6);
     }
 
+    /// Over the byte budget, a write evicts the least recently used sessions by walking
+    /// the activity order from its front, not by re-keying every session first (which
+    /// made every write at the budget rebuild the whole order, 65,536 sessions by
+    /// default, on every replica).
+    #[test]
+    fn the_byte_budget_walks_only_the_front_of_the_order() {
+        let l = limits(1_000, 1_000, 100, 1_000);
+        let (mut s, a) = table(1, l);
+        let ids: Vec<u64> = (2..=100).map(|i| s.register(i, SECRET, l)).collect();
+        for (k, &id) in ids.iter().enumerate() {
+            s.record(101 + k as u64, tag(id, 1, 1), Some(vec![0; 9].into()));
+        }
+        s.record(300, tag(a, 1, 1), Some(vec![0; 200].into())); // 1,091 > 1,000: 11 sessions go
+        assert_eq!(s.len(), 89);
+        assert_eq!(s.admit(301, tag(ids[10], 1, 1)), Admit::Expired, "the 11th least recently used is gone");
+        let last = *ids.last().unwrap();
+        s.record(301, tag(last, 2, 2), Some(vec![0; 9].into())); // its key is stale now
+        s.record(302, tag(a, 2, 1), Some(vec![0; 20].into())); // 1,012 > 1,000: 2 more go
+        assert_eq!(s.len(), 87);
+        assert_eq!(s.admit(303, tag(ids[12], 1, 1)), Admit::Expired);
+        assert_eq!(s.admit(303, tag(ids[13], 1, 1)), Admit::Duplicate(vec![0; 9].into()));
+        let behind = &s.live[&last];
+        assert!(behind.activity_key < behind.last_active, "a stale key behind the victims was re-keyed");
+    }
+
     #[test]
     fn eviction_follows_activity_not_registration_order() {
         let l = limits(3, 100, 100, 10);
