@@ -409,17 +409,18 @@ impl Sessions {
         if self.bytes <= max {
             return;
         }
-        self.refresh_activity();
-        let mut order = self.by_activity.iter().map(|&(_, id)| id).filter(|&id| id != current);
-        let mut victims = Vec::new();
-        let mut bytes = self.bytes;
-        while bytes > max {
-            let Some(id) = order.next() else { break };
-            bytes -= self.live[&id].bytes;
-            victims.push(id);
+        // `current` is out of the order while the others are evicted, least recently used
+        // first (re-keying only the stale keys met at the front, as expiry does).
+        let current_key = self.live.get(&current).map(|s| s.activity_key);
+        if let Some(key) = current_key {
+            self.by_activity.remove(&(key, current));
         }
-        for id in victims {
+        while self.bytes > max {
+            let Some(id) = self.least_recently_used() else { break };
             self.remove(id);
+        }
+        if let Some(key) = current_key {
+            self.by_activity.insert((key, current));
         }
         if let Some(session) = self.live.get_mut(&current) {
             while self.bytes > max {
@@ -478,15 +479,6 @@ impl Sessions {
             self.by_activity.remove(&(key, id));
             session.activity_key = session.last_active;
             self.by_activity.insert((session.last_active, id));
-        }
-    }
-
-    /// Brings every key up to date (before walking the whole order).
-    fn refresh_activity(&mut self) {
-        self.by_activity.clear();
-        for (&id, s) in &mut self.live {
-            s.activity_key = s.last_active;
-            self.by_activity.insert((s.last_active, id));
         }
     }
 
