@@ -305,3 +305,84 @@ mod tests {
         assert!(q.is_empty());
     }
 }
+
+/// The deque against the `BTreeMap<(LogIndex, Term), _>` it replaced (ede5207), under
+/// random proposals at increasing indexes, leader changes re-proposing lower indexes in
+/// higher terms, several proposals per index, pops, snapshot jumps and expiry.
+#[cfg(test)]
+mod model_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::core::SplitMix64;
+
+    type Reference = BTreeMap<(LogIndex, Term), Proposed<u32>>;
+
+    fn p(deadline: Deadline, id: u32) -> Proposed<u32> {
+        Proposed { tag: None, deadline, reply: id }
+    }
+
+    fn replies(ps: impl IntoIterator<Item = Proposed<u32>>) -> Vec<u32> {
+        ps.into_iter().map(|p| p.reply).collect()
+    }
+
+    #[test]
+    fn the_deque_answers_as_the_tree_did() {
+        for seed in 0..200 {
+            let mut rng = SplitMix64::new(seed);
+            let mut r = |n: u64| rng.next_u64() % n;
+            let (mut q, mut tree) = (ProposedAt::new(), Reference::new());
+            let (mut term, mut next, mut id) = (1u64, 1u64, 0u32);
+            for step in 0..500 {
+                let why = format!("seed={seed} step={step}");
+                id += 1;
+                match r(20) {
+                    0..=9 => {
+                        let key = (LogIndex(next), Term(term));
+                        let deadline = r(50);
+                        let old = q.insert(key.0, key.1, p(deadline, id)).map(|p| p.reply);
+                        assert_eq!(old, tree.insert(key, p(deadline, id)).map(|p| p.reply), "{why}");
+                        next += 1;
+                    }
+                    10 => {
+                        // A new leader: its log ends lower, in a higher term.
+                        term += 1 + r(2);
+                        next = next.saturating_sub(r(6)).max(1);
+                    }
+                    11..=14 => {
+                        let index = LogIndex(1 + r(next + 2));
+                        loop {
+                            let got = q.pop_at(index).map(|(t, p)| (t, p.reply));
+                            let want = tree
+                                .range((index, Term(0))..=(index, Term(u64::MAX)))
+                                .next()
+                                .map(|(&k, _)| k)
+                                .and_then(|k| tree.remove(&k).map(|p| (k.1, p.reply)));
+                            assert_eq!(got, want, "{why}: pop_at {index:?}");
+                            if got.is_none() {
+                                break;
+                            }
+                        }
+                    }
+                    15 => {
+                        let index = LogIndex(r(next + 2));
+                        let later = tree.split_off(&(index.next(), Term(0)));
+                        let want = replies(std::mem::replace(&mut tree, later).into_values());
+                        assert_eq!(replies(q.take_through(index)), want, "{why}: take_through {index:?}");
+                    }
+                    16..=18 => {
+                        let now = r(50);
+                        let expired: Vec<_> = tree.iter().filter(|(_, p)| p.deadline <= now).map(|(&k, _)| k).collect();
+                        let want = replies(expired.iter().map(|k| tree.remove(k).unwrap()));
+                        assert_eq!(replies(q.take_expired(now)), want, "{why}: take_expired {now}");
+                    }
+                    _ => {
+                        assert_eq!(q.first_key(), tree.keys().next().copied(), "{why}");
+                    }
+                }
+                assert_eq!(q.is_empty(), tree.is_empty(), "{why}");
+            }
+            assert_eq!(replies(q.take_all()), replies(tree.into_values()));
+        }
+    }
+}
