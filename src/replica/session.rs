@@ -111,21 +111,22 @@ pub fn encode_shared<C: Serialize>(tag: Option<SessionTag>, command: &C) -> Resu
     // Without the scratch if this thread's is gone (a client called from a thread-local's
     // destructor) or in use (re-entered from the command's `Serialize`).
     let unscratched = || encode_command(tag, command).map(SharedBytes::from);
-    SCRATCH.try_with(|scratch| {
-        let Ok(mut out) = scratch.try_borrow_mut() else { return unscratched() };
-        out.clear();
-        match tag {
-            None => out.push(PLAIN),
-            Some(t) => put_tag(&mut out, t),
-        }
-        let encoded = rmp_serde::encode::write(&mut *out, command).map_err(|e| Error::Codec(e.to_string()));
-        let shared = encoded.map(|()| SharedBytes::from(out.as_slice()));
-        if out.capacity() > KEPT_MAX {
-            *out = Vec::new();
-        }
-        shared
-    })
-    .unwrap_or_else(|_| unscratched())
+    SCRATCH
+        .try_with(|scratch| {
+            let Ok(mut out) = scratch.try_borrow_mut() else { return unscratched() };
+            out.clear();
+            match tag {
+                None => out.push(PLAIN),
+                Some(t) => put_tag(&mut out, t),
+            }
+            let encoded = rmp_serde::encode::write(&mut *out, command).map_err(|e| Error::Codec(e.to_string()));
+            let shared = encoded.map(|()| SharedBytes::from(out.as_slice()));
+            if out.capacity() > KEPT_MAX {
+                *out = Vec::new();
+            }
+            shared
+        })
+        .unwrap_or_else(|_| unscratched())
 }
 
 /// Checks that `body`, a command's MessagePack, decodes as a `C`: every server must be able

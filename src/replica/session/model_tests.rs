@@ -261,15 +261,15 @@ fn the_table_decides_and_encodes_as_the_eager_reference_does() {
 fn responses_decode_odd_maps_as_a_btreemap_does() {
     use crate::replica::responses::Responses;
     let cases: Vec<Vec<u8>> = vec![
-        vec![0x82, 5, 0x91, 1, 5, 0x91, 2],       // a repeated key: the last wins
-        vec![0x82, 9, 0x91, 1, 3, 0x92, 2, 2],    // keys out of order
-        vec![0x80],                               // empty
-        vec![0xDF, 0xFF, 0xFF, 0xFF, 0xFF],       // a map claiming 4 billion pairs
+        vec![0x82, 5, 0x91, 1, 5, 0x91, 2],          // a repeated key: the last wins
+        vec![0x82, 9, 0x91, 1, 3, 0x92, 2, 2],       // keys out of order
+        vec![0x80],                                  // empty
+        vec![0xDF, 0xFF, 0xFF, 0xFF, 0xFF],          // a map claiming 4 billion pairs
         vec![0x81, 1, 0xDD, 0xFF, 0xFF, 0xFF, 0xFF], // a response claiming 4 billion bytes
-        vec![0x81, 1, 0xC4, 2, 7, 8],             // a response as `bin`
-        vec![0x81, 0xFF, 0x90],                   // a negative key
-        vec![0x81, 1, 0x91, 0xCD, 1, 0],          // a response byte above 255
-        vec![0x92, 1, 2],                         // not a map
+        vec![0x81, 1, 0xC4, 2, 7, 8],                // a response as `bin`
+        vec![0x81, 0xFF, 0x90],                      // a negative key
+        vec![0x81, 1, 0x91, 0xCD, 1, 0],             // a response byte above 255
+        vec![0x92, 1, 2],                            // not a map
     ];
     for bytes in cases {
         let got = rmp_serde::from_slice::<Responses>(&bytes);
