@@ -223,6 +223,9 @@ impl<M: StateMachine> NodeLoop<M> {
         }
         let mut more_to_apply = self.replica.advance();
         self.send_output(now);
+        // The turn's messages have left: wake the clients answered so far now, not after
+        // the syncs below (durable mode), which may take milliseconds.
+        request::wake_deferred();
         // Durable mode: the turn's writes are synced only now, after the leader's
         // AppendEntries left, so its sync overlaps the followers'; then what the sync
         // released (acks, votes, the leader's commit and replies) goes out.
