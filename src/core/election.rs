@@ -45,6 +45,12 @@ impl Raft {
                 }
                 // A learner that lags behind asks at its own (older) term.
                 MessageKind::LeaderQuery => self.send_leader_hint(from),
+                // A vouch names the leader of the voter's (older) term: it still lets that
+                // leader's messages in, and our answer tells it of our term. Without it a
+                // voter whose configuration lacks the leader, and whose term passed the
+                // leader's (a failed campaign among removed servers), heard nothing from
+                // it ever again (found by the lease simulator).
+                MessageKind::LeaderHint { leader } => self.on_leader_hint(from, term, *leader),
                 _ => {}
             }
             return false;

@@ -183,6 +183,9 @@ pub struct Raft {
     membership: Membership,
     /// Index of the entry that holds `membership` (the snapshot point for the base one).
     membership_index: LogIndex,
+    /// The configuration before `membership` (see [`Raft::previous_membership`]), kept so
+    /// the door need not scan the log for it.
+    membership_before: Membership,
     election_elapsed: u32,
     heartbeat_elapsed: u32,
     randomized_election_ticks: u32,
@@ -257,6 +260,7 @@ impl Raft {
             log,
             membership: base_membership.clone(),
             membership_index: LogIndex(0),
+            membership_before: base_membership.clone(),
             base_membership,
             role: Role::Follower,
             leader_id: None,
@@ -565,6 +569,7 @@ impl Raft {
         }
         self.membership_index = index;
         self.membership = membership;
+        self.membership_before = self.previous_membership();
         if self.role == Role::Leader {
             self.sync_progress_with_membership();
             // A voter that left may have been the ack a pending read was waiting for.

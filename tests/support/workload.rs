@@ -136,7 +136,10 @@ fn check_liveness(sim: &mut Sim) {
     let mut progress = 0;
     let mut stalled_units = 0;
     let ok = sim.run_until(LIVENESS_TICKS * LIVENESS_EXTENSIONS_MAX, |sim| {
-        // Progress is any server storing or applying more.
+        // Progress is any server storing or applying more than a unit before. (Not more
+        // than ever before: a follower's long uncommitted tail, truncated by the new leader,
+        // once made the sum drop by hundreds, and a learner catching up by one-byte snapshot
+        // chunks took longer than the bound to make up for it: found by a lease run.)
         let moved: u64 = sim
             .nodes
             .values()
@@ -145,8 +148,9 @@ fn check_liveness(sim: &mut Sim) {
             .sum::<u64>()
             + sim.disks().map(|d| d.received).sum::<u64>();
         if moved > progress {
-            (progress, stalled_units) = (moved, 0);
+            stalled_units = 0;
         }
+        progress = moved;
         stalled_units += 1;
         if stalled_units > LIVENESS_TICKS * UNITS_PER_TICK {
             dump(sim);
@@ -159,10 +163,16 @@ fn check_liveness(sim: &mut Sim) {
         // (Re-)write whenever leadership moved (even back to the same node in a later
         // term) before the marker committed: its entry may have been truncated.
         let term = sim.raft(leader).map(|r| r.current_term().0);
-        // Also when its answer was not `Ok` (a transfer under way, leadership lost).
+        // Also when its answer was not `Ok` (a transfer under way, leadership lost), or
+        // will not come in time: a writer that no longer leads and was removed from the
+        // configuration learns its entry's fate only when its request times out (a leader
+        // that removed itself right after taking the marker: found by a lease run).
+        let members = sim.raft(leader).map(|r| r.membership().clone()).unwrap_or_default();
         let stale = |(by, cmd): ((NodeId, Option<u64>), u64)| {
             let answered_not_ok = !sim.checker.writes_outstanding.contains(&cmd) && !sim.checker.is_acked(cmd);
-            (by != (leader, term) && sim.checker.index_of(cmd).is_none()) || answered_not_ok
+            let moved = by != (leader, term);
+            let writer_left = moved && !members.contains(by.0) && !sim.checker.is_acked(cmd);
+            (moved && sim.checker.index_of(cmd).is_none()) || answered_not_ok || writer_left
         };
         if marker.is_none_or(stale) {
             marker = Some(((leader, term), sim.write(leader)));
