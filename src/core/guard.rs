@@ -209,7 +209,13 @@ mod tests {
     }
 
     fn forced_vote(term: u64) -> Message {
-        let rv = RequestVote { last_log_index: LogIndex(0), last_log_term: Term(0), pre_vote: false, force: true };
+        let rv = RequestVote {
+            last_log_index: LogIndex(0),
+            last_log_term: Term(0),
+            pre_vote: false,
+            force: true,
+            transfer: true,
+        };
         Message { term: Term(term), kind: MessageKind::RequestVote(rv) }
     }
 
@@ -308,7 +314,13 @@ mod tests {
         let hard = crate::core::HardState { current_term: Term(1), voted_for: None };
         let mut r = Raft::recover(cfg(1), hard, log, voters(3), None);
         let pre_vote = || {
-            let rv = RequestVote { last_log_index: LogIndex(1), last_log_term: Term(1), pre_vote: true, force: false };
+            let rv = RequestVote {
+                last_log_index: LogIndex(1),
+                last_log_term: Term(1),
+                pre_vote: true,
+                force: false,
+                transfer: false,
+            };
             Message { term: Term(2), kind: MessageKind::RequestVote(rv) }
         };
         r.step(3, pre_vote());
@@ -328,7 +340,13 @@ mod tests {
         let mut r = Raft::new(cfg(1), voters(3));
         r.step(2, heartbeat(1));
         r.take_ready();
-        let rv = RequestVote { last_log_index: LogIndex(0), last_log_term: Term(0), pre_vote: true, force: false };
+        let rv = RequestVote {
+            last_log_index: LogIndex(0),
+            last_log_term: Term(0),
+            pre_vote: true,
+            force: false,
+            transfer: false,
+        };
         r.step(3, Message { term: Term(2), kind: MessageKind::RequestVote(rv) });
         // A follower's words leave after its sync.
         let sent = r.take_ready().persisted_messages;
