@@ -1,6 +1,7 @@
 //! Reads from a 3-node cluster on loopback (one process), beside floors of the same run:
 //! `read` (ReadIndex: a heartbeat round to a majority before the closure runs on the
-//! leader) and `read_local` (no round trip), one client's latency against the TCP
+//! leader), `read` with lease reads on (`read_lease_*`: no round while the leader's lease
+//! holds) and `read_local` (no round trip), one client's latency against the TCP
 //! ping-pong, and the throughput of 64 and 256 reader threads against the blocking-client
 //! floor (threads calling one mio thread and back, no Raft, no TCP).
 //!
@@ -57,5 +58,40 @@ fn main() {
         figure(&format!("read_local_throughput_{threads}_clients_per_s"), r.per_s);
         figure(&format!("read_local_throughput_{threads}_floor_ratio"), r.per_s / floor[k]);
     }
+    cluster.stop();
+    lease_reads(duration, ping_p50, &floor);
+}
+
+/// The clock drift bound the lease cluster is configured with.
+const LEASE_DRIFT: f64 = 0.05;
+
+/// `read` on a cluster with lease reads on: the same figures as ReadIndex's, named
+/// `read_lease_*`, and the share of reads the lease served.
+fn lease_reads(duration: std::time::Duration, ping_p50: f64, floor: &[f64]) {
+    note(&format!("lease reads: Config::lease_reads({LEASE_DRIFT})"));
+    let cluster = Cluster::start(3, |c| c.lease_reads(LEASE_DRIFT));
+    for _ in 0..1000 {
+        cluster.client.write(put(COMMAND_BYTES)).unwrap();
+    }
+    let c = cluster.client.clone();
+    let h = sequential(duration, move || {
+        std::hint::black_box(c.read(|s: &Store| s.count).unwrap());
+    });
+    let p50 = us(h.value_at_quantile(0.5));
+    figure("read_lease_latency_p50_us", p50);
+    figure("read_lease_latency_p99_us", us(h.value_at_quantile(0.99)));
+    figure("read_lease_latency_floor_ratio", p50 / ping_p50);
+    for (k, threads) in [64, 256].into_iter().enumerate() {
+        let c = cluster.client.clone();
+        let r = concurrent(threads, duration, move || {
+            std::hint::black_box(c.read(|s: &Store| s.count).unwrap());
+        });
+        figure(&format!("read_lease_throughput_{threads}_clients_per_s"), r.per_s);
+        figure(&format!("read_lease_throughput_{threads}_floor_ratio"), r.per_s / floor[k]);
+        figure(&format!("read_lease_cpu_{threads}_clients_us"), r.cpu_us);
+    }
+    let metrics = cluster.client.status().unwrap().metrics;
+    let served = (metrics.reads_by_lease + metrics.reads_by_read_index).max(1);
+    figure("read_lease_served_by_lease_share", metrics.reads_by_lease as f64 / served as f64);
     cluster.stop();
 }

@@ -263,6 +263,8 @@ impl<M: StateMachine> Client<M> {
 
     /// Runs `f` on the leader's state machine after confirming leadership with a majority
     /// (ReadIndex, dissertation §6.4), so it sees every write acknowledged before the call.
+    /// With [`crate::Config::lease_reads`], a leader whose lease holds skips that round
+    /// trip (under the clock assumption documented there).
     /// On a follower: `Err(Redirect)` (the closure cannot cross the network).
     pub fn read<R, F>(&self, f: F) -> Result<R>
     where
@@ -365,6 +367,12 @@ impl<M: StateMachine> Client<M> {
 
     /// Makes this node campaign now (skipping pre-vote and leases). Returns once it has
     /// started; a no-op on the leader; `Err(NotAVoter)` on a node without a vote.
+    ///
+    /// With [`crate::Config::lease_reads`] on, it skips no lease: a leader's read lease
+    /// rests on its followers' promise to vote for nobody else for an election timeout, so
+    /// voters that heard from a leader that recently ignore this campaign, and a node that
+    /// did itself refuses with [`Error::LeaseHeld`]. Use [`Client::transfer_leadership`]
+    /// to move a live leader; a dead one is replaced once its lease has run out.
     pub fn trigger_election(&self) -> Result<()> {
         self.call(|reply| Request::TriggerElection { reply })
     }

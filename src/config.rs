@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::core::{CoreConfig, Membership, NodeId};
+use crate::core::{CoreConfig, LeaseReads, Membership, NodeId};
 use crate::error::Error;
 use crate::replica::{Compaction, ReplicaConfig, SessionLimits};
 use crate::storage::StorageFaults;
@@ -55,6 +55,7 @@ pub struct Config {
     pub(crate) sessions: SessionLimits,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) storage_faults: Option<Arc<StorageFaults>>,
+    pub(crate) lease_reads: Option<LeaseReads>,
     duplicate_peer: Option<NodeId>,
 }
 
@@ -88,6 +89,7 @@ impl Config {
             sessions: SessionLimits::default(),
             data_dir: None,
             storage_faults: None,
+            lease_reads: None,
             duplicate_peer: None,
         }
     }
@@ -264,6 +266,32 @@ impl Config {
         self
     }
 
+    /// Leader-lease reads (Raft dissertation §6.4.1), off by default: [`crate::Client::read`]
+    /// on a leader a majority heard from recently is served at once, without the heartbeat
+    /// round ReadIndex spends on every batch of reads (about the cost of a write's round
+    /// trip); other reads fall back to ReadIndex.
+    ///
+    /// **Safe only if the clock assumption holds.** Every node of the cluster must enable
+    /// lease reads, with the same `max_clock_drift`; and the tick clocks of any two nodes
+    /// must run at rates within that bound (0.05: over any interval, one node's ticks last
+    /// at most 1.05 times another's; ordinary clocks drift by far less than 0.001). A node
+    /// whose clock stops while it goes on believing it runs — a VM paused and resumed, a
+    /// process stopped by `SIGSTOP` or starved for longer than a tick — violates it, and a
+    /// read may then be stale. The node notices the stalls it can (its loop falling more
+    /// than a few ticks behind) and ends its lease when it does. Without lease reads,
+    /// `read` assumes nothing about clocks.
+    ///
+    /// The lease lasts `(election timeout - 1 tick) / (1 + max_clock_drift) - 1 tick` from
+    /// each heartbeat round a majority acknowledged (260 ms with the defaults and a drift
+    /// of 0.05), so it is renewed by every heartbeat. With lease reads on,
+    /// [`crate::Client::trigger_election`] no longer overrides leases: use
+    /// [`crate::Client::transfer_leadership`] to move a live leader. `max_clock_drift` must
+    /// be in `[0, 0.5)`.
+    pub fn lease_reads(mut self, max_clock_drift: f64) -> Config {
+        self.lease_reads = Some(LeaseReads { max_clock_drift });
+        self
+    }
+
     /// For tests: failures to inject into the data dir's writes and syncs.
     pub fn storage_faults(mut self, faults: Arc<StorageFaults>) -> Config {
         self.storage_faults = Some(faults);
@@ -340,6 +368,7 @@ impl Config {
             snapshot_chunk_bytes: self.max_append_bytes,
             max_snapshot_inflight: 4,
             seed: self.id ^ random_seed(),
+            lease_reads: self.lease_reads,
         }
     }
 
@@ -394,6 +423,10 @@ mod tests {
     fn rejects_bad_configurations() {
         let base = || Config::new(1, addr(7001)).peer(2, addr(7002));
         assert!(base().validate().is_ok());
+        // A 2-tick election timeout: valid, but it leaves no lease.
+        let short_ticks = || base().tick(Duration::from_millis(150)).heartbeat_interval(Duration::from_millis(150));
+        assert!(short_ticks().validate().is_ok());
+        assert!(base().lease_reads(0.05).validate().is_ok());
         let cases: Vec<(&str, Config)> = vec![
             ("duplicate peer", base().peer(2, addr(7003))),
             ("own id elsewhere", base().peer(1, addr(7009))),
@@ -406,6 +439,10 @@ mod tests {
             ("short secret", base().cluster_secret("short")),
             ("advertise every interface", base().advertise("0.0.0.0:7000".parse().unwrap())),
             ("metadata over 1 KiB", base().metadata("x".repeat(1025))),
+            ("negative clock drift", base().lease_reads(-0.1)),
+            ("clock drift of a half", base().lease_reads(0.5)),
+            ("clock drift NaN", base().lease_reads(f64::NAN)),
+            ("no lease left", short_ticks().lease_reads(0.0)),
             ("zero node id", Config::new(0, addr(7000))),
         ];
         for (name, config) in cases {

@@ -73,6 +73,11 @@ pub enum Error {
     NotAVoter,
     /// A leadership transfer was abandoned before the target became leader.
     TransferFailed,
+    /// `trigger_election` refused: lease reads are on ([`crate::Config::lease_reads`]) and
+    /// this node heard from a leader (or started) less than an election timeout ago, so it
+    /// promised that leader's read lease its vote. Nothing happened. Move a live leader
+    /// with [`crate::Client::transfer_leadership`]; a dead one is replaced by itself.
+    LeaseHeld,
     /// The configuration is invalid.
     Config(String),
     /// An I/O error (binding the listener, spawning the thread).
@@ -123,6 +128,10 @@ impl fmt::Display for Error {
             Error::NotAMember(id) => write!(f, "node {id} is not a member"),
             Error::InvalidMembership(why) => write!(f, "invalid membership change: {why}"),
             Error::NotAVoter => write!(f, "not a voter"),
+            Error::LeaseHeld => write!(
+                f,
+                "a leader's read lease holds this node's vote (use transfer_leadership to move a live leader)"
+            ),
             Error::TransferFailed => write!(f, "leadership transfer failed"),
             Error::Config(why) => write!(f, "invalid configuration: {why}"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
@@ -167,6 +176,7 @@ mod tests {
             Error::Busy,
             Error::TransferInProgress,
             Error::NotAVoter,
+            Error::LeaseHeld,
             Error::StorageFailed("disk full".into()),
         ] {
             assert!(!e.is_indeterminate(), "{e}");

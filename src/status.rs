@@ -58,6 +58,13 @@ pub struct Metrics {
     pub elections_started: u64,
     /// Elections this node won.
     pub elections_won: u64,
+    /// Linearizable reads this node served as leader under its lease, with no round trip
+    /// ([`crate::Config::lease_reads`]).
+    #[serde(default)]
+    pub reads_by_lease: u64,
+    /// Linearizable reads this node confirmed as leader by a ReadIndex heartbeat round.
+    #[serde(default)]
+    pub reads_by_read_index: u64,
     /// Times the leader this node knows of changed to another (or to a first) node.
     pub leader_changes: u64,
     /// Snapshots this node took of its own state.

@@ -143,6 +143,7 @@ fn attack_3_a_non_member_cannot_disrupt() {
                 last_log_term: Term(term + round),
                 pre_vote: false,
                 force: true,
+                transfer: true,
             };
             let _ = a.raft(term + round, MessageKind::RequestVote(rv));
             let _ = a.raft(term, heartbeat(0));
@@ -176,7 +177,13 @@ fn attack_4_an_impostor_learns_nothing_and_is_refused() {
     let _ = a.raft(term, heartbeat(0));
     // A vote request from a non-member: the leader's "you were removed" goes back on this
     // connection, never by dialing the address the impostor gave (found by review).
-    let vote = RequestVote { last_log_index: LogIndex(0), last_log_term: Term(0), pre_vote: true, force: false };
+    let vote = RequestVote {
+        last_log_index: LogIndex(0),
+        last_log_term: Term(0),
+        pre_vote: true,
+        force: false,
+        transfer: false,
+    };
     let _ = a.raft(term + 1, MessageKind::RequestVote(vote));
     a.barrier();
     // An observation window, not a synchronisation: a dial-back would come in microseconds.

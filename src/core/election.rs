@@ -7,6 +7,19 @@ use super::quorum::{self, VoteResult};
 use super::types::{NodeId, Payload, Role, Term};
 use super::{ProposeError, Raft};
 
+/// Why a server campaigns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Campaign {
+    /// Its election timer ran out: a pre-vote round first (§9.6).
+    PreVote,
+    /// Its pre-vote round won: the real election.
+    Election,
+    /// `trigger_election`: at once, skipping pre-vote (and leases, unless lease reads are on).
+    Forced,
+    /// The leader's TimeoutNow (§3.10): at once, past every lease.
+    Transfer,
+}
+
 impl Raft {
     /// Applies the term rules every message obeys (Figure 2, "All Servers"); returns
     /// whether the message should be handled further.
@@ -15,7 +28,7 @@ impl Raft {
         let ours = self.hard.current_term;
         if term > ours {
             match &msg.kind {
-                MessageKind::RequestVote(rv) if !rv.force && self.in_lease() => {
+                MessageKind::RequestVote(rv) if self.ignores_vote_request(rv) => {
                     log::debug!("node {}: ignoring vote request from {from} in lease", self.cfg.id);
                     if rv.pre_vote {
                         self.send_leader_hint(from);
@@ -45,6 +58,12 @@ impl Raft {
                 }
                 // A learner that lags behind asks at its own (older) term.
                 MessageKind::LeaderQuery => self.send_leader_hint(from),
+                // A vouch names the leader of the voter's (older) term: it still lets that
+                // leader's messages in, and our answer tells it of our term. Without it a
+                // voter whose configuration lacks the leader, and whose term passed the
+                // leader's (a failed campaign among removed servers), heard nothing from
+                // it ever again (found by the lease simulator).
+                MessageKind::LeaderHint { leader } => self.on_leader_hint(from, term, *leader),
                 _ => {}
             }
             return false;
@@ -52,9 +71,15 @@ impl Raft {
         true
     }
 
-    /// Starts an election: a pre-vote round first unless `force`d (§9.6), then a real one.
-    pub(super) fn campaign(&mut self, pre_vote: bool, force: bool) {
+    /// Starts an election: a pre-vote round first unless forced (§9.6), then a real one.
+    pub(super) fn campaign(&mut self, kind: Campaign) {
         debug_assert!(self.is_promotable());
+        // Its vote for itself would break a lease it promised (see `lease.rs`); only the
+        // leader it promised may release it, by a transfer. A timed-out campaign comes
+        // `election_ticks` at least after the leader's last word (the election timer never
+        // outruns `since_leader_contact`), and `trigger_election` checks.
+        debug_assert!(kind == Campaign::Transfer || !self.lease_promised(), "campaigning inside a promised lease");
+        let pre_vote = kind == Campaign::PreVote;
         self.votes.clear();
         let term = if pre_vote {
             self.become_pre_candidate();
@@ -74,8 +99,13 @@ impl Raft {
         if self.poll_votes(pre_vote) {
             return;
         }
-        let rv =
-            RequestVote { last_log_index: self.log.last_index(), last_log_term: self.log.last_term(), pre_vote, force };
+        let rv = RequestVote {
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            pre_vote,
+            force: matches!(kind, Campaign::Forced | Campaign::Transfer),
+            transfer: kind == Campaign::Transfer,
+        };
         let voters: Vec<NodeId> = self.membership.voters.keys().copied().filter(|&id| id != self.cfg.id).collect();
         for id in voters {
             self.send_with_term(id, term, MessageKind::RequestVote(rv.clone()));
@@ -98,7 +128,7 @@ impl Raft {
         debug_assert_eq!(term, self.hard.current_term);
         // One vote per term (§5.2), and only for a log at least as up-to-date (§5.4.1).
         let can_vote = self.hard.voted_for == Some(from) || (self.hard.voted_for.is_none() && self.leader_id.is_none());
-        let granted = can_vote && up_to_date;
+        let granted = can_vote && up_to_date && !self.vote_promised_away(&rv);
         if granted {
             self.set_hard_state(term, Some(from));
             self.reset_election_timer();
@@ -125,7 +155,7 @@ impl Raft {
     /// Acts on the votes so far; returns whether the round is decided.
     pub(super) fn poll_votes(&mut self, pre_vote: bool) -> bool {
         match quorum::tally(&self.membership, self.votes.iter().map(|(&id, &g)| (id, g))) {
-            VoteResult::Won if pre_vote => self.campaign(false, false),
+            VoteResult::Won if pre_vote => self.campaign(Campaign::Election),
             VoteResult::Won => self.become_leader(),
             VoteResult::Lost => {
                 let term = self.hard.current_term;
@@ -140,12 +170,17 @@ impl Raft {
     pub(super) fn on_timeout_now(&mut self, from: NodeId) {
         if self.is_promotable() && self.role != Role::Leader {
             log::info!("node {}: TimeoutNow from {from}, campaigning", self.cfg.id);
-            self.campaign(false, true);
+            self.campaign(Campaign::Transfer);
         }
     }
 
     /// Campaigns now, skipping pre-vote and leases (ExRaft's `trigger_election`).
     /// A no-op on a leader; an error on a server that has no vote.
+    ///
+    /// With lease reads on, it skips no lease: voters that promised a leader their vote
+    /// ignore it, and a server that promised one itself refuses with
+    /// [`ProposeError::LeaseHeld`] (its own vote would break the promise; see `lease.rs`).
+    /// A live leader is moved with [`Raft::transfer_leadership`] instead.
     pub fn trigger_election(&mut self) -> Result<(), ProposeError> {
         if self.role == Role::Leader {
             return Ok(());
@@ -153,7 +188,10 @@ impl Raft {
         if !self.is_promotable() {
             return Err(ProposeError::NotAVoter);
         }
-        self.campaign(false, true);
+        if self.lease_promised() {
+            return Err(ProposeError::LeaseHeld);
+        }
+        self.campaign(Campaign::Forced);
         Ok(())
     }
 
@@ -205,6 +243,7 @@ impl Raft {
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.progress.clear();
+        self.reset_lease();
         self.sync_progress_with_membership();
         // A no-op of the new term lets the leader commit, and so learn the commit index
         // and serve reads (§5.4.2, §8).
@@ -214,6 +253,8 @@ impl Raft {
     /// Leader-only state goes away with leadership.
     fn step_down_leader(&mut self) {
         self.progress.clear();
+        // A lease is this leadership's alone: a later one starts with no round acknowledged.
+        self.reset_lease();
         self.transfer = None;
         self.pending_promotion = None;
         self.read_round_wanted = false;

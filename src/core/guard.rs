@@ -106,7 +106,18 @@ impl Raft {
         // reached its own addition) takes any leader's word: one removed since hears the
         // leaders it knows like any member (the simulator's hostile input found a leader
         // that had just removed itself committing on a forged heartbeat).
-        from_a_leader && (from_leader || vouched || !self.was_member)
+        (from_a_leader && (from_leader || vouched || !self.was_member)) || self.in_membership_before(from)
+    }
+
+    /// Whether `from` is a member of the configuration before our latest one, while the
+    /// latest is not known to be committed: it may still campaign (see
+    /// [`Raft::is_promotable`]), and its messages are those of a member until then. The
+    /// simulator's lease runs found two servers each refusing the other this way: one held
+    /// a change removing the second, uncommitted, while the second had the best log and
+    /// needed the first's vote; and the third refused the first as a non-member of its
+    /// own, older configuration. No election could be won again.
+    fn in_membership_before(&self, from: NodeId) -> bool {
+        self.membership_index > self.commit_index && self.membership_before.contains(from)
     }
 
     /// Answers a pre-vote ignored in a lease, or a LeaderQuery, with the leader of our
@@ -198,7 +209,13 @@ mod tests {
     }
 
     fn forced_vote(term: u64) -> Message {
-        let rv = RequestVote { last_log_index: LogIndex(0), last_log_term: Term(0), pre_vote: false, force: true };
+        let rv = RequestVote {
+            last_log_index: LogIndex(0),
+            last_log_term: Term(0),
+            pre_vote: false,
+            force: true,
+            transfer: true,
+        };
         Message { term: Term(term), kind: MessageKind::RequestVote(rv) }
     }
 
@@ -265,13 +282,71 @@ mod tests {
         assert_eq!((r.leader_id(), r.commit_index()), (Some(5), LogIndex(1)), "a later term of the vouched member");
     }
 
+    /// A voter's vouch holds even when it comes from a term older than ours, and our answer
+    /// to the vouched leader's next message tells it of our term. (Found by the lease
+    /// simulator: a voter whose configuration lacked the leader, and whose term a failed
+    /// campaign had taken past the leader's, dropped every hint and never heard the leader
+    /// again.)
+    #[test]
+    fn a_vouch_from_an_older_term_still_lets_its_leader_in() {
+        let hard = crate::core::HardState { current_term: Term(5), voted_for: None };
+        let mut r = Raft::recover(cfg(1), hard, crate::core::Log::default(), voters(3), None);
+        r.step(4, heartbeat(4));
+        assert_eq!(r.refused().non_member, 1);
+        r.step(2, Message { term: Term(4), kind: MessageKind::LeaderHint { leader: 4 } });
+        r.take_ready();
+        r.step(4, heartbeat(4));
+        assert_eq!(r.refused().non_member, 1, "vouched for");
+        let sent = r.take_ready().persisted_messages;
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!((sent[0].to, sent[0].message.term), (4, Term(5)), "told of the newer term");
+    }
+
+    /// While a configuration that removes a server is uncommitted, that server may still
+    /// campaign (`is_promotable`), and is heard like a member until the change commits.
+    /// (Found by the lease simulator: two servers on different uncommitted configurations
+    /// each refused a voter the other needed, and no election could be won again.)
+    #[test]
+    fn a_member_of_the_configuration_before_an_uncommitted_one_is_heard() {
+        let without_3 = Membership::with_voters([(1, "n1".to_string()), (2, "n2".to_string())]);
+        let config = Entry { term: Term(1), index: LogIndex(1), payload: Payload::Config(without_3) };
+        let log = crate::core::Log::new(LogIndex(0), Term(0), vec![config]);
+        let hard = crate::core::HardState { current_term: Term(1), voted_for: None };
+        let mut r = Raft::recover(cfg(1), hard, log, voters(3), None);
+        let pre_vote = || {
+            let rv = RequestVote {
+                last_log_index: LogIndex(1),
+                last_log_term: Term(1),
+                pre_vote: true,
+                force: false,
+                transfer: false,
+            };
+            Message { term: Term(2), kind: MessageKind::RequestVote(rv) }
+        };
+        r.step(3, pre_vote());
+        let sent = r.take_ready().persisted_messages;
+        let granted = MessageKind::RequestVoteResponse { granted: true, pre_vote: true };
+        assert_eq!(sent.iter().map(|e| (e.to, &e.message.kind)).collect::<Vec<_>>(), [(3, &granted)]);
+        r.step(2, append(1, 1, &[1]));
+        assert_eq!(r.commit_index(), LogIndex(1), "the removal commits");
+        r.take_ready();
+        r.step(3, pre_vote());
+        assert_eq!(r.refused().non_member, 1, "a stranger now");
+    }
+
     /// A follower in a lease answers a pre-vote with the leader it follows.
     #[test]
     fn a_follower_in_lease_names_its_leader() {
         let mut r = Raft::new(cfg(1), voters(3));
         r.step(2, heartbeat(1));
         r.take_ready();
-        let rv = RequestVote { last_log_index: LogIndex(0), last_log_term: Term(0), pre_vote: true, force: false };
+        let rv = RequestVote {
+            last_log_index: LogIndex(0),
+            last_log_term: Term(0),
+            pre_vote: true,
+            force: false,
+            transfer: false,
+        };
         r.step(3, Message { term: Term(2), kind: MessageKind::RequestVote(rv) });
         // A follower's words leave after its sync.
         let sent = r.take_ready().persisted_messages;

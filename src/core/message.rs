@@ -129,8 +129,13 @@ pub struct RequestVote {
     /// A pre-vote probe (dissertation §9.6): nobody changes term or vote for it.
     pub pre_vote: bool,
     /// Sent because of a leadership transfer or a forced election: voters ignore their
-    /// leader lease (dissertation §4.2.3) for it.
+    /// leader lease (dissertation §4.2.3) for it; with lease reads on, only for a transfer.
     pub force: bool,
+    /// Sent because this term's leader said TimeoutNow (§3.10): that leader serves no lease
+    /// read from then on, so voters may grant it inside their lease. A forced election
+    /// without it (`trigger_election`) must respect leases when lease reads are on.
+    #[serde(default)]
+    pub transfer: bool,
 }
 
 /// Arguments of AppendEntries.

@@ -12,6 +12,7 @@ mod config;
 mod election;
 mod entry_batch;
 mod guard;
+mod lease;
 mod log;
 mod membership;
 mod message;
@@ -28,8 +29,9 @@ mod types;
 #[cfg(test)]
 pub(crate) mod paper_tests;
 
-pub use config::CoreConfig;
+pub use config::{CoreConfig, LeaseReads};
 pub use guard::{Refused, TERM_JUMP_MAX, TERM_MAX};
+pub use lease::ReadCounts;
 pub use log::Log;
 pub use membership::{Membership, MembershipChange, MembershipError};
 pub use message::{
@@ -62,6 +64,10 @@ pub enum ProposeError {
     InvalidChange(MembershipError),
     /// The target (or this server) is not a voter.
     NotAVoter,
+    /// With lease reads on, this server heard from a leader (or started) less than an
+    /// election timeout ago and promised that leader's lease its vote, its own included:
+    /// it may not campaign except when the leader hands over (§3.10, see `lease.rs`).
+    LeaseHeld,
 }
 
 impl fmt::Display for ProposeError {
@@ -73,6 +79,7 @@ impl fmt::Display for ProposeError {
             ProposeError::NotCommittedInTerm => write!(f, "leader has not committed an entry in its term yet"),
             ProposeError::InvalidChange(why) => write!(f, "invalid membership change: {why}"),
             ProposeError::NotAVoter => write!(f, "not a voter"),
+            ProposeError::LeaseHeld => write!(f, "a leader's read lease holds this node's vote"),
         }
     }
 }
@@ -186,7 +193,17 @@ pub struct Raft {
     membership: Membership,
     /// Index of the entry that holds `membership` (the snapshot point for the base one).
     membership_index: LogIndex,
+    /// The configuration before `membership` (see [`Raft::previous_membership`]), kept so
+    /// the door need not scan the log for it.
+    membership_before: Membership,
     election_elapsed: u32,
+    /// Ticks since this server last heard from a leader, or since it started: with lease
+    /// reads, it votes for no one before this reaches the election timeout (`lease.rs`).
+    /// Invariant: `election_elapsed <= since_leader_contact` (both reset together on a
+    /// leader's word and at start; only the election timer resets otherwise).
+    since_leader_contact: u32,
+    /// Ticks since this server started: the clock a leader's lease is measured in.
+    ticks: u64,
     heartbeat_elapsed: u32,
     randomized_election_ticks: u32,
     /// Votes received while (pre-)campaigning: voter -> granted.
@@ -202,6 +219,9 @@ pub struct Raft {
     read_seq: u64,
     read_round_wanted: bool,
     pending_reads: VecDeque<PendingRead>,
+    /// The read lease (dissertation §6.4.1), when lease reads are on.
+    lease: lease::LeaderLease,
+    read_counts: ReadCounts,
 
     ready: Ready,
     hard_dirty: bool,
@@ -260,10 +280,13 @@ impl Raft {
             log,
             membership: base_membership.clone(),
             membership_index: LogIndex(0),
+            membership_before: base_membership.clone(),
             base_membership,
             role: Role::Follower,
             leader_id: None,
             election_elapsed: 0,
+            since_leader_contact: 0,
+            ticks: 0,
             heartbeat_elapsed: 0,
             randomized_election_ticks: 0,
             votes: BTreeMap::new(),
@@ -274,6 +297,8 @@ impl Raft {
             read_seq: 0,
             read_round_wanted: false,
             pending_reads: VecDeque::new(),
+            lease: lease::LeaderLease::default(),
+            read_counts: ReadCounts::default(),
             ready: Ready::default(),
             hard_dirty: false,
             anomalies: 0,
@@ -395,12 +420,14 @@ impl Raft {
 
     /// Advances logical time by one tick: election timeouts, heartbeats, check-quorum.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         self.election_elapsed += 1;
+        self.since_leader_contact = self.since_leader_contact.saturating_add(1);
         if self.role == Role::Leader {
             self.tick_leader();
         } else if self.election_elapsed >= self.randomized_election_ticks {
             if self.is_promotable() {
-                self.campaign(true, false);
+                self.campaign(election::Campaign::PreVote);
             } else {
                 // Silent for a whole election timeout: the leader is gone as far as we
                 // know. Forgetting it also ends our lease, so we answer (pre-)votes again;
@@ -552,7 +579,8 @@ impl Raft {
 
     /// Whether a leader was heard from within the minimum election timeout: if so, this
     /// server ignores vote requests (dissertation §4.2.3), so a removed or partitioned
-    /// server cannot depose a healthy leader.
+    /// server cannot depose a healthy leader. (With lease reads on, the promise in
+    /// `lease.rs` is the stronger rule.)
     fn in_lease(&self) -> bool {
         self.leader_id.is_some() && self.election_elapsed < self.cfg.election_ticks
     }
@@ -571,10 +599,13 @@ impl Raft {
         }
         self.membership_index = index;
         self.membership = membership;
+        self.membership_before = self.previous_membership();
         if self.role == Role::Leader {
             self.sync_progress_with_membership();
             // A voter that left may have been the ack a pending read was waiting for.
             self.release_reads();
+            // The lease rests on a majority of the configuration in use (see `lease.rs`).
+            self.refresh_lease();
         }
     }
 
@@ -598,6 +629,7 @@ impl Raft {
         } else {
             assert_eq!(self.log.snapshot_index(), LogIndex(0), "compacted without a snapshot");
         }
+        assert!(self.election_elapsed <= self.since_leader_contact, "the election timer outran the leader contact");
         if self.role == Role::Leader {
             assert_eq!(self.leader_id, Some(self.cfg.id), "leader must know itself");
             assert_eq!(self.hard.voted_for, Some(self.cfg.id), "leader voted for itself");

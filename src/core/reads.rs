@@ -1,6 +1,7 @@
 //! Linearizable reads by ReadIndex (dissertation §6.4): record the commit index, confirm
 //! leadership with one heartbeat round to a majority, serve once applied reaches it.
-//! Concurrent reads share one round.
+//! Concurrent reads share one round. With lease reads on, a leader whose lease holds
+//! skips the round (`lease.rs`).
 
 use super::message::MessageKind;
 use super::quorum;
@@ -10,7 +11,8 @@ use super::{PendingRead, ProposeError, Raft, ReadState};
 impl Raft {
     /// Asks to serve a linearizable read tagged `ctx`. When a majority has confirmed this
     /// server still leads, a [`ReadState`] with `ctx` appears in [`super::Ready::reads`]; if
-    /// leadership is lost first, `ctx` appears in `dropped_reads`.
+    /// leadership is lost first, `ctx` appears in `dropped_reads`. With lease reads on and
+    /// [`Raft::lease_holds`], the `ReadState` is there at once, at the commit index.
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader(self.leader_id));
@@ -21,8 +23,13 @@ impl Raft {
         let me = self.cfg.id;
         if self.membership.voters.len() == 1 && self.membership.is_voter(me) {
             self.ready.reads.push(ReadState { ctx, index });
+            self.read_counts.read_index += 1;
             return Ok(());
         }
+        if self.maybe_read_by_lease(ctx) {
+            return Ok(());
+        }
+        self.read_counts.read_index += 1;
         // Confirmed by the next round, which must start after this read arrived.
         self.pending_reads.push_back(PendingRead { ctx, index, seq: self.read_seq + 1 });
         self.read_round_wanted = true;
@@ -36,6 +43,7 @@ impl Raft {
         }
         self.read_round_wanted = false;
         self.read_seq += 1;
+        self.on_round_sent();
         let read_seq = self.read_seq;
         let voters: Vec<NodeId> = self.membership.voters.keys().copied().filter(|&id| id != self.cfg.id).collect();
         for id in voters {

@@ -2,7 +2,6 @@
 //! before they vote (§4.2.1), removing the leader (§4.2.2) and leadership transfer (§3.10).
 
 use super::membership::MembershipChange;
-use super::message::MessageKind;
 use super::types::{LogIndex, NodeId, Payload, Role};
 use super::{ProposeError, Raft, Transfer};
 
@@ -79,7 +78,7 @@ impl Raft {
             self.flush_leader();
             self.broadcast_heartbeat();
             if let Some(to) = successor {
-                self.send(to, MessageKind::TimeoutNow);
+                self.send_timeout_now(to);
             }
             log::info!("node {me}: removed from the cluster, stepping down");
             let term = self.hard.current_term;
@@ -116,7 +115,7 @@ impl Raft {
             return;
         }
         if self.progress.get(&id).is_some_and(|p| p.match_index == self.log.last_index()) {
-            self.send(id, MessageKind::TimeoutNow);
+            self.send_timeout_now(id);
         }
     }
 }

@@ -157,6 +157,7 @@ impl Raft {
         pr.recent_active = true;
         pr.read_seq_acked = pr.read_seq_acked.max(read_seq);
         self.release_reads();
+        self.refresh_lease();
     }
 
     /// A message from the leader of our term: remember it and reset the election timer.
@@ -167,6 +168,8 @@ impl Raft {
         } else {
             self.election_elapsed = 0;
         }
+        // With lease reads, the promise not to vote runs from here (see `lease.rs`).
+        self.since_leader_contact = 0;
     }
 
     fn advance_commit(&mut self, to: LogIndex) {
@@ -197,7 +200,12 @@ impl Raft {
     }
 
     /// Sends heartbeats to every member, and notices pipelines whose messages were lost.
+    /// With lease reads on, each broadcast is a new round, stamped for the lease.
     pub(super) fn broadcast_heartbeat(&mut self) {
+        if self.cfg.lease_reads.is_some() {
+            self.read_seq += 1;
+            self.on_round_sent();
+        }
         let commit = self.commit_index;
         let read_seq = self.read_seq;
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();

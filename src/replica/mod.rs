@@ -165,6 +165,13 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
         self.core.tick();
     }
 
+    /// The driver's report that it dropped ticks (it fell too far behind to catch up):
+    /// ends the leader's read lease, which is measured in ticks (see
+    /// [`Raft::on_clock_skipped`]).
+    pub fn on_clock_skipped(&mut self) {
+        self.core.on_clock_skipped();
+    }
+
     /// Hands the core one message from peer `from`.
     pub fn step(&mut self, from: NodeId, msg: Message) {
         self.core.step(from, msg);
@@ -363,9 +370,12 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
 
     fn metrics(&self) -> crate::status::Metrics {
         let elections = self.core.elections();
+        let reads = self.core.read_counts();
         crate::status::Metrics {
             elections_started: elections.started,
             elections_won: elections.won,
+            reads_by_lease: reads.lease,
+            reads_by_read_index: reads.read_index,
             ..self.metrics.clone()
         }
     }
@@ -400,6 +410,7 @@ impl<M: StateMachine, S: Storage, C: Channel> Replica<M, S, C> {
             ProposeError::InvalidChange(MembershipError::NotAMember(id)) => Error::NotAMember(id),
             ProposeError::InvalidChange(why) => Error::InvalidMembership(why.to_string()),
             ProposeError::NotAVoter => Error::NotAVoter,
+            ProposeError::LeaseHeld => Error::LeaseHeld,
         }
     }
 

@@ -39,7 +39,8 @@ const SYNC_AFTER_SEND: bool = true;
 /// Most syncs per turn: what one sync releases rarely needs another (a sync releases acks
 /// and commits, which write nothing); if it does, the next turn comes at once.
 const SYNCS_PER_TURN_MAX: usize = 2;
-/// If the loop falls this many ticks behind, it skips them instead of catching up.
+/// If the loop falls this many ticks behind, it skips them instead of catching up (and
+/// tells the replica, whose read lease is measured in ticks: see `on_timers`).
 const TICKS_CATCH_UP_MAX: u32 = 5;
 
 /// State shared between the node thread and its handles.
@@ -284,10 +285,18 @@ impl<M: StateMachine> NodeLoop<M> {
         w.all.append(&mut fresh);
     }
 
+    /// Runs the ticks due by `now` (up to [`TICKS_CATCH_UP_MAX`]) and the timers that go
+    /// with them.
     fn on_timers(&mut self, now: Instant) {
         let mut ticks = 0;
         while now >= self.next_tick {
             if ticks == TICKS_CATCH_UP_MAX {
+                // The loop stalled (a long apply, the thread descheduled, the process
+                // stopped): the tick count now lags real time for good, and a lease
+                // measured in ticks could outlast the followers' promises. Skip ahead, and
+                // tell the replica so it ends the lease.
+                log::debug!("node {}: the loop fell more than {TICKS_CATCH_UP_MAX} ticks behind; skipping", self.id);
+                self.replica.on_clock_skipped();
                 self.next_tick = now + self.tick;
                 break;
             }
@@ -336,6 +345,15 @@ impl<M: StateMachine> NodeLoop<M> {
         match request {
             // Only the status needs what the runtime knows (refused peers).
             Request::Status { reply } => reply.send(Ok(self.status())),
+            // A read may be judged against the tick count (a lease read): first run the
+            // ticks that fell due since the last look at the clock (while this turn read
+            // sockets, or ran a slow `read_local` closure queued before it), so the count
+            // lags the clock by less than a tick, the margin the lease keeps (`lease.rs`);
+            // and if too many fell due, the lease ends before the read is judged.
+            Request::Read { .. } => {
+                self.on_timers(Instant::now());
+                self.replica.on_request(request)
+            }
             request => self.replica.on_request(request),
         }
     }

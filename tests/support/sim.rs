@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quorate::core::{CoreConfig, Membership, Message, MessageKind, NodeId, Raft, Role, SplitMix64};
+use quorate::core::{CoreConfig, LeaseReads, Membership, Message, MessageKind, NodeId, Raft, Role, SplitMix64};
 use quorate::replica::{Compaction, ReadFn, Replica, ReplicaConfig, Request};
 
 use super::checker::{Checker, NodeCheck};
@@ -19,6 +19,53 @@ use super::trace::{Event, Trace};
 
 /// Virtual time units per tick: nodes tick at staggered offsets, messages take units.
 pub const UNITS_PER_TICK: u64 = 4;
+/// Drifting clocks keep time in thousandths of a unit.
+const MILLIS_PER_UNIT: u64 = 1000;
+
+/// Lease reads, and tick clocks that drift apart.
+#[derive(Clone, Copy, Debug)]
+pub struct ClockDrift {
+    /// The bound every node is configured with ([`LeaseReads::max_clock_drift`]).
+    pub configured: f64,
+    /// The bound the simulated clocks keep to: one node's tick lasts at most `1 + actual`
+    /// times another's. Above `configured`, the assumption leases rest on is broken.
+    pub actual: f64,
+}
+
+/// One node's drifting tick clock: a tick every `period` thousandths of a unit, the next
+/// at `next`. It runs while the node is down too (a restart does not rewind real time).
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    period: u64,
+    next: u64,
+}
+
+/// Every node's clock, drawn from a generator of their own (the other draws stay as they
+/// are without drift).
+struct Clocks {
+    drift: ClockDrift,
+    rng: Rng,
+    by_node: BTreeMap<NodeId, Clock>,
+}
+
+impl Clocks {
+    /// A tick period for a new node: the fastest and slowest allowed ones as often as
+    /// anything between, so the extremes the bound allows meet often.
+    fn draw(&mut self, now: u64) -> Clock {
+        let base = (UNITS_PER_TICK * MILLIS_PER_UNIT) as f64;
+        let spread = self.drift.actual / (2.0 + self.drift.actual);
+        let fastest = (base * (1.0 - spread)).ceil() as u64;
+        // Rounded down, so any two periods keep within the bound exactly.
+        let slowest = ((fastest as f64) * (1.0 + self.drift.actual)).floor() as u64;
+        let period = match self.rng.between(0, 2) {
+            0 => fastest,
+            1 => slowest,
+            _ => self.rng.between(fastest, slowest),
+        };
+        assert!(period > MILLIS_PER_UNIT, "at most one tick per unit");
+        Clock { period, next: now * MILLIS_PER_UNIT + self.rng.between(1, period) }
+    }
+}
 
 /// The simulator's RNG: the project's SplitMix64, with helpers.
 pub struct Rng(SplitMix64);
@@ -207,6 +254,8 @@ pub struct Sim {
     net: Vec<InFlight>,
     /// Directed links that drop everything.
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// A server cut off from everyone until the given unit (not ended by a random heal).
+    isolated: Option<(NodeId, u64)>,
     pub faults: Faults,
     pub checker: Checker,
     outcomes: Outcomes,
@@ -220,6 +269,10 @@ pub struct Sim {
     /// The highest term and the messages refused at the cores' door, as of the final stop.
     pub max_term_seen: u64,
     pub refused_seen: u64,
+    /// Reads served under a lease.
+    pub lease_reads_seen: u64,
+    /// Drifting clocks (lease runs only); without them nodes tick every `UNITS_PER_TICK`.
+    clocks: Option<Clocks>,
 }
 
 /// A simulated remote client's session: its commands not yet answered `Ok`, by sequence.
@@ -257,8 +310,15 @@ fn check_persisted_on_disk(raft: &Raft, disk: &Disk) {
 impl Sim {
     /// `n` servers that all start with the same configuration {1..=n}.
     pub fn new(seed: u64, n: u64, faults: Faults) -> Sim {
+        Sim::with_drift(seed, n, faults, None)
+    }
+
+    /// [`Sim::new`], with lease reads on and clocks that drift as `drift` says.
+    pub fn with_drift(seed: u64, n: u64, faults: Faults, drift: Option<ClockDrift>) -> Sim {
         let mut rng = Rng::new(seed);
-        let settings = Settings::draw(&mut rng, seed);
+        let mut settings = Settings::draw(&mut rng, seed);
+        settings.core.lease_reads = drift.map(|d| LeaseReads { max_clock_drift: d.configured });
+        let clocks = drift.map(|drift| Clocks { drift, rng: Rng::new(seed ^ 0xc10c_d21f), by_node: BTreeMap::new() });
         let members = Membership::with_voters((1..=n).map(|id| (id, format!("n{id}"))));
         let mut sim = Sim {
             seed,
@@ -268,6 +328,7 @@ impl Sim {
             nodes: BTreeMap::new(),
             net: Vec::new(),
             cut: BTreeSet::new(),
+            isolated: None,
             faults,
             checker: Checker::default(),
             outcomes: Outcomes::default(),
@@ -278,7 +339,9 @@ impl Sim {
             next_attempt: 1,
             max_term_seen: 0,
             refused_seen: 0,
+            lease_reads_seen: 0,
             trace: Trace::default(),
+            clocks,
         };
         for id in 1..=n {
             sim.add_node(id, members.clone());
@@ -302,6 +365,11 @@ impl Sim {
             sessions: Default::default(),
         };
         let disk = Rc::new(RefCell::new(Disk::default()));
+        let now = self.now;
+        if let Some(clocks) = &mut self.clocks {
+            let clock = clocks.draw(now);
+            clocks.by_node.insert(id, clock);
+        }
         let mut node =
             SimNode { replica: None, disk, cfg, check: NodeCheck::default(), backlog: false, retired: false };
         node.replica = Some(self.boot(&node));
@@ -320,6 +388,12 @@ impl Sim {
 
     pub fn live_ids(&self) -> Vec<NodeId> {
         self.nodes.iter().filter(|(_, n)| n.replica.is_some() && !n.retired).map(|(&id, _)| id).collect()
+    }
+
+    /// Every live server that believes it leads (a deposed one may not know yet).
+    pub fn leaders(&self) -> Vec<NodeId> {
+        let leads = |n: &SimNode| n.raft().is_some_and(|r| r.role() == Role::Leader);
+        self.nodes.iter().filter(|(_, n)| !n.retired && leads(n)).map(|(&id, _)| id).collect()
     }
 
     /// The leader with the highest term among live servers.
@@ -347,10 +421,8 @@ impl Sim {
     pub fn step(&mut self) {
         self.now += 1;
         self.maybe_fault();
-        for id in self.live_ids() {
-            if (self.now + id).is_multiple_of(UNITS_PER_TICK) {
-                self.with(id, Replica::tick);
-            }
+        for id in self.ticking() {
+            self.with(id, Replica::tick);
         }
         self.deliver_due();
         for id in self.live_ids() {
@@ -366,6 +438,25 @@ impl Sim {
                 self.process(id);
             }
         }
+    }
+
+    /// The live servers whose clock ticks in this unit.
+    fn ticking(&mut self) -> Vec<NodeId> {
+        let now = self.now;
+        let Some(clocks) = &mut self.clocks else {
+            return self.live_ids().into_iter().filter(|id| (now + id).is_multiple_of(UNITS_PER_TICK)).collect();
+        };
+        let mut due = Vec::new();
+        for (&id, clock) in &mut clocks.by_node {
+            // Periods exceed a unit, so a clock ticks at most once per unit, never before
+            // its time, and less than a unit after it.
+            if clock.next <= now * MILLIS_PER_UNIT {
+                clock.next += clock.period;
+                due.push(id);
+            }
+        }
+        due.retain(|id| self.nodes.get(id).is_some_and(|n| n.replica.is_some() && !n.retired));
+        due
     }
 
     fn deliver_due(&mut self) {
@@ -387,7 +478,8 @@ impl Sim {
         let mut touched: Vec<NodeId> = Vec::new();
         for m in due {
             let deliverable = self.nodes.get(&m.to).is_some_and(|n| n.replica.is_some() && !n.retired);
-            if deliverable && !self.cut.contains(&(m.from, m.to)) {
+            let isolated = self.isolated.is_some_and(|(id, until)| now < until && (m.from == id || m.to == id));
+            if deliverable && !self.cut.contains(&(m.from, m.to)) && !isolated {
                 self.trace.push(now, Event::deliver(m.from, m.to, &m.msg));
                 if let Some(r) = self.nodes.get_mut(&m.to).and_then(|n| n.replica.as_mut()) {
                     r.step(m.from, m.msg);
@@ -592,6 +684,8 @@ impl Sim {
             outcomes.lock().unwrap().push(outcome);
         });
         self.trace.push(self.now, Event::Read(id));
+        // Served under the lease exactly when it holds as the read arrives.
+        self.lease_reads_seen += u64::from(self.raft(id).is_some_and(Raft::lease_holds));
         self.with(id, |r| r.on_request(Request::Read { read }));
         read_id
     }
@@ -653,6 +747,18 @@ impl Sim {
         }
     }
 
+    /// Cuts server `id` off from everyone for `units` (in both directions; messages in
+    /// flight to or from it are lost), whatever random heals happen meanwhile.
+    pub fn isolate(&mut self, id: NodeId, units: u64) {
+        self.trace.push(self.now, Event::Admin(id, format!("isolated for {units} units")));
+        self.isolated = Some((id, self.now + units));
+    }
+
+    /// The server [`Sim::isolate`] cut off, while it is.
+    pub fn isolated(&self) -> Option<NodeId> {
+        self.isolated.filter(|&(_, until)| self.now < until).map(|(id, _)| id)
+    }
+
     /// Cuts the cluster in two, symmetrically or (sometimes) in one direction only.
     fn partition(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -710,6 +816,7 @@ impl Sim {
     pub fn heal(&mut self) {
         self.faults = Faults::none();
         self.cut.clear();
+        self.isolated = None;
         self.trace.push(self.now, Event::Heal);
         let down: Vec<NodeId> =
             self.nodes.iter().filter(|(_, n)| n.replica.is_none() && !n.retired).map(|(&id, _)| id).collect();

@@ -42,6 +42,16 @@ impl Disk {
                 // dropped: a file storage's recovery drops it too.
                 return;
             }
+            // Likewise a batch older than a snapshot that became durable before it, whose
+            // first entry past the snapshot point is of an older term than that point: the
+            // server had truncated those entries (a later batch rewrites them) before the
+            // snapshot was taken. In order, a batch never follows an entry of a later term.
+            // (Found by a lease run: a leader cut off for long wrote entries of its term
+            // slowly, was deposed, and snapshotted the new leader's entries first.)
+            let first = batch.entries.iter().find(|e| e.index > point);
+            if first.is_some_and(|e| self.log.term_at(e.index.prev()).is_some_and(|t| e.term < t)) {
+                return;
+            }
             self.log.truncate_after(from.prev().max(point));
             for e in batch.entries.iter().filter(|e| e.index > point) {
                 self.log.push(e.clone());

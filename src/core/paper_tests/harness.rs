@@ -53,7 +53,15 @@ pub(super) fn restarted(c: CoreConfig, n: u64, term: u64, terms: &[u64]) -> Raft
 /// others; its first AppendEntries (carrying the no-op) are discarded unanswered.
 pub(super) fn leader(c: CoreConfig, n: u64) -> Raft {
     let me = c.id;
+    let lease_reads = c.lease_reads.is_some();
     let mut r = Raft::new(c, voters(n));
+    if lease_reads {
+        // With lease reads, a server that just started promises its vote to no one for an
+        // election timeout (it cannot know whom it promised before): wait that out.
+        for _ in 0..ELECTION {
+            r.tick();
+        }
+    }
     r.trigger_election().unwrap();
     persist(&mut r); // its own vote counts once durable
     for from in (1..=n).filter(|&id| id != me) {
@@ -83,7 +91,25 @@ pub(super) fn msg(term: u64, kind: MessageKind) -> Message {
 }
 
 pub(super) fn vote_req(term: u64, last_index: u64, last_term: u64, pre_vote: bool, force: bool) -> Message {
-    let rv = RequestVote { last_log_index: LogIndex(last_index), last_log_term: Term(last_term), pre_vote, force };
+    let rv = RequestVote {
+        last_log_index: LogIndex(last_index),
+        last_log_term: Term(last_term),
+        pre_vote,
+        force,
+        transfer: false,
+    };
+    msg(term, MessageKind::RequestVote(rv))
+}
+
+/// The RequestVote of a candidate the leader's TimeoutNow started (§3.10).
+pub(super) fn transfer_vote_req(term: u64, last_index: u64, last_term: u64) -> Message {
+    let rv = RequestVote {
+        last_log_index: LogIndex(last_index),
+        last_log_term: Term(last_term),
+        pre_vote: false,
+        force: true,
+        transfer: true,
+    };
     msg(term, MessageKind::RequestVote(rv))
 }
 

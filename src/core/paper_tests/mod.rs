@@ -10,6 +10,7 @@
 
 mod election;
 pub(crate) mod harness;
+mod leases;
 mod persistence;
 mod reads_and_membership;
 mod replication;
