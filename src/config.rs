@@ -272,7 +272,10 @@ impl Config {
     /// trip); other reads fall back to ReadIndex.
     ///
     /// **Safe only if the clock assumption holds.** Every node of the cluster must enable
-    /// lease reads, with the same `max_clock_drift`; and the tick clocks of any two nodes
+    /// lease reads, with the same `max_clock_drift`, the same `tick` and the same election
+    /// timeout (a leader measures its lease by its own, a follower its promise by its
+    /// own: a leader with a longer election timeout than a follower's would outlast the
+    /// follower's promise); and the tick clocks of any two nodes
     /// must run at rates within that bound (0.05: over any interval, one node's ticks last
     /// at most 1.05 times another's; ordinary clocks drift by far less than 0.001). A node
     /// whose clock stops while it goes on believing it runs — a VM paused and resumed, a

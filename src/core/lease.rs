@@ -25,9 +25,12 @@
 //! for any two nodes (`ρ` = `max_clock_drift`), and let `s` be the real time the leader
 //! stamped round `r` with its tick count `t`.
 //! - Follower `F` receives the round at `a_F >= s`. Its tick deadlines are `T_F` apart and no
-//!   tick runs before its deadline (the runtime catches up late ones, never early), but
-//!   the first may come right after `a_F`: its `E`-th tick comes no earlier than
-//!   `a_F + (E - 1) T_F`. So `F` grants no vote before `s + (E - 1) T_F`.
+//!   tick runs before its deadline (the runtime catches up late ones, never early), and
+//!   no tick due before `a_F` runs after `F` steps the round (the runtime runs the ticks
+//!   due by the time it read its sockets before it steps what it read), but the first may
+//!   come right after `a_F`: its `E`-th tick comes no earlier than `a_F + (E - 1) T_F`.
+//!   So `F` grants no vote before `s + (E - 1) T_F`. (`E` and the tick length are the
+//!   leader's as well: every node must use the same election timeout and tick.)
 //! - The leader judges a read at real time `j` against its count `c(j)`, and serves it only
 //!   if `c(j) < t + lease_ticks`. Its count runs every deadline up to `j - δ`, where `δ` is
 //!   how stale its last look at the clock is (the runtime looks right before it judges

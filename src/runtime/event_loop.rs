@@ -209,7 +209,12 @@ impl<M: StateMachine> NodeLoop<M> {
         self.peers.read_leftovers(self.poll.registry(), &mut self.inbox, now);
         self.adopt_clients(now);
         self.clients.read_leftovers(self.poll.registry(), now, &mut self.remote_requests);
-        self.on_timers(now);
+        // The clock is read again after the sockets were: every tick due by the time the
+        // inbox's messages were read runs before they are stepped. With `now` (read before
+        // the sockets), a tick due while they were read ran after a leader's heartbeat was
+        // stepped, though due before it was sent, and shortened the follower's promise
+        // below the `a_F + (E - 1) T_F` the read lease counts on (`core/lease.rs`).
+        self.on_timers(Instant::now());
         // `drain`, not `take`: the buffer keeps its capacity from turn to turn.
         for (from, msg) in self.inbox.drain(..) {
             tell_if_removed(self.replica.core(), &mut self.peers, (from, &msg), now);
