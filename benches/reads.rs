@@ -29,14 +29,7 @@ fn main() {
     for _ in 0..1000 {
         cluster.client.write(put(COMMAND_BYTES)).unwrap();
     }
-    let c = cluster.client.clone();
-    let h = sequential(duration, move || {
-        std::hint::black_box(c.read(|s: &Store| s.count).unwrap());
-    });
-    let p50 = us(h.value_at_quantile(0.5));
-    figure("read_latency_p50_us", p50);
-    figure("read_latency_p99_us", us(h.value_at_quantile(0.99)));
-    figure("read_latency_floor_ratio", p50 / ping_p50);
+    read_figures(&cluster, "read", duration, ping_p50, &floor);
     let c = cluster.client.clone();
     let h = sequential(duration, move || {
         std::hint::black_box(c.read_local(|s: &Store| s.count).unwrap());
@@ -44,13 +37,6 @@ fn main() {
     figure("read_local_latency_p50_us", us(h.value_at_quantile(0.5)));
     figure("read_local_latency_p99_us", us(h.value_at_quantile(0.99)));
     for (k, threads) in [64, 256].into_iter().enumerate() {
-        let c = cluster.client.clone();
-        let r = concurrent(threads, duration, move || {
-            std::hint::black_box(c.read(|s: &Store| s.count).unwrap());
-        });
-        figure(&format!("read_throughput_{threads}_clients_per_s"), r.per_s);
-        figure(&format!("read_throughput_{threads}_floor_ratio"), r.per_s / floor[k]);
-        figure(&format!("read_cpu_{threads}_clients_us"), r.cpu_us);
         let c = cluster.client.clone();
         let r = concurrent(threads, duration, move || {
             std::hint::black_box(c.read_local(|s: &Store| s.count).unwrap());
@@ -73,25 +59,31 @@ fn lease_reads(duration: std::time::Duration, ping_p50: f64, floor: &[f64]) {
     for _ in 0..1000 {
         cluster.client.write(put(COMMAND_BYTES)).unwrap();
     }
+    read_figures(&cluster, "read_lease", duration, ping_p50, floor);
+    let metrics = cluster.client.status().unwrap().metrics;
+    let served = (metrics.reads_by_lease + metrics.reads_by_read_index).max(1);
+    figure("read_lease_served_by_lease_share", metrics.reads_by_lease as f64 / served as f64);
+    cluster.stop();
+}
+
+/// `read`'s figures on `cluster`, named `{name}_*`: one client's latency against the
+/// ping-pong, and 64 and 256 reader threads against the blocking floors.
+fn read_figures(cluster: &Cluster, name: &str, duration: std::time::Duration, ping_p50: f64, floor: &[f64]) {
     let c = cluster.client.clone();
     let h = sequential(duration, move || {
         std::hint::black_box(c.read(|s: &Store| s.count).unwrap());
     });
     let p50 = us(h.value_at_quantile(0.5));
-    figure("read_lease_latency_p50_us", p50);
-    figure("read_lease_latency_p99_us", us(h.value_at_quantile(0.99)));
-    figure("read_lease_latency_floor_ratio", p50 / ping_p50);
+    figure(&format!("{name}_latency_p50_us"), p50);
+    figure(&format!("{name}_latency_p99_us"), us(h.value_at_quantile(0.99)));
+    figure(&format!("{name}_latency_floor_ratio"), p50 / ping_p50);
     for (k, threads) in [64, 256].into_iter().enumerate() {
         let c = cluster.client.clone();
         let r = concurrent(threads, duration, move || {
             std::hint::black_box(c.read(|s: &Store| s.count).unwrap());
         });
-        figure(&format!("read_lease_throughput_{threads}_clients_per_s"), r.per_s);
-        figure(&format!("read_lease_throughput_{threads}_floor_ratio"), r.per_s / floor[k]);
-        figure(&format!("read_lease_cpu_{threads}_clients_us"), r.cpu_us);
+        figure(&format!("{name}_throughput_{threads}_clients_per_s"), r.per_s);
+        figure(&format!("{name}_throughput_{threads}_floor_ratio"), r.per_s / floor[k]);
+        figure(&format!("{name}_cpu_{threads}_clients_us"), r.cpu_us);
     }
-    let metrics = cluster.client.status().unwrap().metrics;
-    let served = (metrics.reads_by_lease + metrics.reads_by_read_index).max(1);
-    figure("read_lease_served_by_lease_share", metrics.reads_by_lease as f64 / served as f64);
-    cluster.stop();
 }
